@@ -1,0 +1,486 @@
+"""Architecture IR: a network as a graph of layer nodes, plus everything derived from that graph.
+
+Every model in the project (teachers and students) is an :class:`Arch`; real ``nn.Module`` objects are
+generated from it (:mod:`netcomp.surgery`). Keeping the network as data lets the engine reason about it
+without running it: shapes, channel-coupling groups (tensors joined by residual adds), which layers may be
+removed, per-layer descriptors for the agents, parameter and MAC counts, and a canonical key.
+
+Conventions
+- ``Arch.nodes`` is in topological order; the first node is the single ``input`` and the last node
+  produces the logits.
+- Node names are stable dotted module paths ("layer1.0.conv1"); the built module stores the node's weights
+  under that path, so a student inherits a teacher's weights by name.
+- A conv/linear node's ``keep`` says which of the *teacher's* output channels it kept (weight inheritance);
+  ``None`` means all of them (or a fresh layer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from functools import cached_property
+
+import numpy as np
+
+#: Ops that the IR knows. "gap" is a global average pool to 1x1 (works for any image size).
+OPS = (
+    "input", "conv", "bn", "relu", "maxpool", "avgpool", "gap", "linear",
+    "flatten", "add", "identity", "concat", "shuffle",
+)
+#: Ops whose output channels are their input's channels, index for index.
+PASSTHROUGH_OPS = ("bn", "relu", "maxpool", "avgpool", "gap", "identity")
+#: Ops that count as a "layer" for agents (N2N tokens, removal/shrink targets, descriptors).
+LAYER_OPS = ("conv", "bn", "relu", "maxpool", "avgpool", "gap", "linear")
+#: Linear layers wider than this are invalid (N2N's LINEAR_THRESHOLD).
+LINEAR_THRESHOLD = 50_000
+
+Shape = tuple[int, ...]
+
+
+class ArchError(ValueError):
+    """An architecture that cannot be built: the message says which node and why."""
+
+
+@dataclass(frozen=True)
+class Node:
+    """One layer (or wiring op) of an architecture.
+
+    Attributes are only meaningful for the ops that use them: ``out_channels``, ``bias`` for conv and
+    linear; ``kernel``/``stride``/``padding`` for conv and pools; ``groups`` for conv (``depthwise``
+    makes groups follow the input width) and for shuffle. ``role`` is "main" or "shortcut" (projection
+    shortcut layers), ``block`` and ``stage`` tag residual blocks and stages for block-level surgery.
+    """
+
+    name: str
+    op: str
+    inputs: tuple[str, ...] = ()
+    out_channels: int = 0
+    kernel: int = 0
+    stride: int = 1
+    padding: int = 0
+    groups: int = 1
+    depthwise: bool = False
+    bias: bool = False
+    role: str = "main"
+    block: str = ""
+    stage: str = ""
+    keep: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.op not in OPS:
+            raise ArchError(f"node {self.name!r}: unknown op {self.op!r}; expected one of {OPS}")
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Tensors whose channels must stay aligned (joined by adds or a depthwise conv).
+
+    ``producers`` are the conv/linear nodes whose output width is the group's width; shrinking the group
+    means giving all of them the same kept channels. ``shrinkable`` is False for the image channels, the
+    logits and widths derived from other groups (concat, shuffle).
+    """
+
+    gid: str
+    width: int
+    producers: tuple[str, ...]
+    members: tuple[str, ...]
+    shrinkable: bool
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A network: nodes in topological order plus the input it expects and the classes it predicts."""
+
+    nodes: tuple[Node, ...]
+    in_channels: int
+    image_size: int
+    num_classes: int
+    family: str = ""
+
+    # ------------------------------------------------------------------ lookup
+    @cached_property
+    def index(self) -> dict[str, int]:
+        """Position of each node by name."""
+        idx = {n.name: i for i, n in enumerate(self.nodes)}
+        if len(idx) != len(self.nodes):
+            raise ArchError("duplicate node names")
+        return idx
+
+    def node(self, name: str) -> Node:
+        """The node called ``name`` (KeyError with the valid names' count if absent)."""
+        try:
+            return self.nodes[self.index[name]]
+        except KeyError:
+            raise KeyError(f"no node {name!r} in this {self.family or 'arch'} ({len(self.nodes)} nodes)") from None
+
+    @cached_property
+    def consumers(self) -> dict[str, tuple[str, ...]]:
+        """Names of the nodes that read each node's output."""
+        out: dict[str, list[str]] = {n.name: [] for n in self.nodes}
+        for n in self.nodes:
+            for i in n.inputs:
+                out[i].append(n.name)
+        return {k: tuple(v) for k, v in out.items()}
+
+    @property
+    def output(self) -> Node:
+        return self.nodes[-1]
+
+    # ------------------------------------------------------------------ shapes
+    @cached_property
+    def shapes(self) -> dict[str, Shape]:
+        """Output shape of every node, without batch: (C, H, W) or (F,). Raises ArchError if invalid."""
+        return infer_shapes(self)
+
+    def in_shape(self, name: str) -> Shape:
+        """Shape of the (first) tensor a node reads."""
+        node = self.node(name)
+        if not node.inputs:
+            return (self.in_channels, self.image_size, self.image_size)
+        return self.shapes[node.inputs[0]]
+
+    def in_channels_of(self, name: str) -> int:
+        return self.in_shape(name)[0]
+
+    def conv_groups(self, node: Node) -> int:
+        """Effective groups of a conv node (depthwise convs follow their input width)."""
+        return self.in_channels_of(node.name) if node.depthwise else node.groups
+
+    # ------------------------------------------------------------------ layers
+    @cached_property
+    def layers(self) -> tuple[str, ...]:
+        """Names of the layer nodes (LAYER_OPS) in order: the sequence agents act on."""
+        return tuple(n.name for n in self.nodes if n.op in LAYER_OPS)
+
+    @cached_property
+    def groups(self) -> tuple[ChannelGroup, ...]:
+        return channel_groups(self)
+
+    @cached_property
+    def group_of(self) -> dict[str, str]:
+        """Channel-group id of every node's output (flat tensors without channels map to '')."""
+        out = {}
+        for g in self.groups:
+            for m in g.members:
+                out[m] = g.gid
+        return out
+
+    def group(self, gid: str) -> ChannelGroup:
+        for g in self.groups:
+            if g.gid == gid:
+                return g
+        raise KeyError(f"no channel group {gid!r}; groups are {[g.gid for g in self.groups]}")
+
+    def with_nodes(self, nodes: Iterable[Node]) -> Arch:
+        """A copy with other nodes (derived caches are recomputed lazily)."""
+        return replace(self, nodes=tuple(nodes))
+
+
+# ---------------------------------------------------------------------------- shape inference
+def _spatial_out(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def infer_shapes(arch: Arch) -> dict[str, Shape]:
+    """Propagate shapes through the graph; ArchError names the first node that cannot work."""
+    shapes: dict[str, Shape] = {}
+    for node in arch.nodes:
+        ins = []
+        for i in node.inputs:
+            if i not in shapes:
+                raise ArchError(f"node {node.name!r} reads {i!r}, which is not an earlier node")
+            ins.append(shapes[i])
+        shapes[node.name] = _node_shape(arch, node, ins)
+    last = shapes[arch.nodes[-1].name]
+    if last != (arch.num_classes,):
+        raise ArchError(f"the output has shape {last}, expected ({arch.num_classes},)")
+    return shapes
+
+
+def _node_shape(arch: Arch, node: Node, ins: list[Shape]) -> Shape:
+    op = node.op
+    if op == "input":
+        return (arch.in_channels, arch.image_size, arch.image_size)
+    if not ins:
+        raise ArchError(f"node {node.name!r} ({op}) has no input")
+    x = ins[0]
+    if op == "linear":
+        if len(x) != 1:
+            raise ArchError(f"linear {node.name!r} needs a flat input, got shape {x}")
+        if x[0] > LINEAR_THRESHOLD:
+            raise ArchError(f"linear {node.name!r} has {x[0]} inputs (> {LINEAR_THRESHOLD})")
+        return (node.out_channels,)
+    if op == "flatten":
+        return (int(np.prod(x)),)
+    if op in ("add", "concat"):
+        return _merge_shape(node, ins)
+    if op in ("relu", "identity", "bn") and len(x) == 1:
+        return x
+    if len(x) != 3:
+        raise ArchError(f"{op} {node.name!r} needs a (C, H, W) input, got shape {x}")
+    c, h, w = x
+    if op == "conv":
+        return _conv_shape(node, c, h, w)
+    if op in ("maxpool", "avgpool"):
+        oh, ow = (_spatial_out(s, node.kernel, node.stride, node.padding) for s in (h, w))
+        if oh < 1 or ow < 1:
+            raise ArchError(f"{op} {node.name!r}: spatial size {h}x{w} collapses to {oh}x{ow}")
+        return (c, oh, ow)
+    if op == "gap":
+        return (c, 1, 1)
+    if op == "shuffle" and c % node.groups:
+        raise ArchError(f"shuffle {node.name!r}: {c} channels not divisible by {node.groups} groups")
+    return x  # bn, relu, identity, shuffle
+
+
+def _conv_shape(node: Node, c: int, h: int, w: int) -> Shape:
+    groups = c if node.depthwise else node.groups
+    out = c if node.depthwise else node.out_channels  # depthwise convs follow their input width
+    if out < 1:
+        raise ArchError(f"conv {node.name!r} has {out} output channels")
+    if c % groups or out % groups:
+        raise ArchError(f"conv {node.name!r}: {c} in / {out} out channels not divisible by {groups} groups")
+    oh, ow = (_spatial_out(s, node.kernel, node.stride, node.padding) for s in (h, w))
+    if oh < 1 or ow < 1:
+        raise ArchError(f"conv {node.name!r}: spatial size {h}x{w} collapses to {oh}x{ow}")
+    return (out, oh, ow)
+
+
+def _merge_shape(node: Node, ins: list[Shape]) -> Shape:
+    if node.op == "add":
+        if any(s != ins[0] for s in ins):
+            raise ArchError(f"add {node.name!r} joins tensors of different shapes {ins}")
+        return ins[0]
+    if any(len(s) != 3 or s[1:] != ins[0][1:] for s in ins):
+        raise ArchError(f"concat {node.name!r} joins tensors of different spatial sizes {ins}")
+    return (sum(s[0] for s in ins), *ins[0][1:])
+
+
+# ---------------------------------------------------------------------------- channel coupling
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+
+
+def _is_passthrough(arch: Arch, node: Node) -> bool:
+    """True if the node's output channels are its input's channels, index for index."""
+    if node.op in PASSTHROUGH_OPS or node.op == "add":
+        return True
+    if node.op == "conv" and node.depthwise:
+        return True
+    if node.op == "flatten":
+        shape = arch.in_shape(node.name)
+        return len(shape) == 3 and shape[1:] == (1, 1)
+    return False
+
+
+def channel_groups(arch: Arch) -> tuple[ChannelGroup, ...]:
+    """Coupling groups found from the graph: every add ties its inputs, passthrough ops keep channels."""
+    shapes = arch.shapes
+    uf = _UnionFind()
+    for node in arch.nodes:
+        uf.find(node.name)
+        if node.inputs and _is_passthrough(arch, node):
+            for i in node.inputs:
+                uf.union(node.inputs[0], i)
+            uf.union(node.inputs[0], node.name)
+    members: dict[str, list[str]] = {}
+    for node in arch.nodes:
+        members.setdefault(uf.find(node.name), []).append(node.name)
+    groups = []
+    for names in members.values():
+        nodes = [arch.node(n) for n in names]
+        producers = tuple(n.name for n in nodes if n.op in ("conv", "linear") and not n.depthwise)
+        fixed = any(n.op in ("input", "concat", "shuffle") for n in nodes) or arch.nodes[-1].name in names
+        # a concat's width is the sum of its inputs': changing one would break the tensors coupled to it
+        fixed = fixed or any(arch.node(c).op == "concat" for n in names for c in arch.consumers[n])
+        groups.append(ChannelGroup(
+            gid=names[0], width=shapes[names[0]][0], producers=producers,
+            members=tuple(names), shrinkable=bool(producers) and not fixed,
+        ))
+    return tuple(groups)
+
+
+# ---------------------------------------------------------------------------- removability
+def removable_layers(arch: Arch, rule: str = "n2n") -> tuple[str, ...]:
+    """Layers an agent may remove.
+
+    - ``n2n``: N2N stage 1: everything but the first and last layer, strided convs, linears, average
+      pools and projection-shortcut layers (N2N never acts on shortcuts). Removing a stride-1 conv that
+      changes width is allowed: the next layer is fitted to the incoming width.
+    - ``esnac``: ESNAC: layers whose input and output shapes are equal (BN, ReLU, same-width stride-1
+      convs, shortcut BNs), never the first or last layer.
+    """
+    layers = arch.layers
+    first, last = layers[0], layers[-1]
+    out = []
+    for name in layers:
+        node = arch.node(name)
+        if name in (first, last):
+            continue
+        if rule == "n2n":
+            fixed = (
+                (node.op == "conv" and node.stride != 1)
+                or node.op in ("linear", "avgpool", "gap")
+                or node.role == "shortcut"
+            )
+        elif rule == "esnac":
+            fixed = arch.in_shape(name) != arch.shapes[name] or node.op in ("linear", "gap")
+        else:
+            raise ValueError(f"unknown removal rule {rule!r}; expected 'n2n' or 'esnac'")
+        if not fixed:
+            out.append(name)
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------- descriptors
+#: N2N's layer-type index (reference code order), kept so that N2N policies read the same integers.
+N2N_TYPE = {"conv": 1, "maxpool": 2, "relu": 3, "bn": 4, "linear": 5, "avgpool": 8, "gap": 8}
+#: ESNAC's 10-way one-hot order.
+ESNAC_TYPES = ("identity", "flatten", "concat", "shuffle", "conv", "maxpool", "avgpool", "relu", "bn", "linear")
+
+
+def _geometry(arch: Arch, node: Node) -> tuple[int, int, int]:
+    """(kernel, stride, padding) as N2N reads them; a global pool acts as a pool over the whole map."""
+    if node.op == "gap":
+        size = arch.in_shape(node.name)[1]
+        return size, size, 0
+    if node.op in ("conv", "maxpool", "avgpool"):
+        return node.kernel, node.stride, node.padding
+    return 0, 0, 0
+
+
+def _skip_positions(arch: Arch) -> dict[str, tuple[int, int]]:
+    """N2N skip features: the j-th of n main-branch layers of a residual block gets (j, n-1-j)."""
+    out: dict[str, tuple[int, int]] = {}
+    blocks: dict[str, list[str]] = {}
+    for name in arch.layers:
+        node = arch.node(name)
+        if node.block and node.role == "main":
+            blocks.setdefault(node.block, []).append(name)
+    for names in blocks.values():
+        for j, name in enumerate(names):
+            out[name] = (j, len(names) - 1 - j)
+    return out
+
+
+def n2n_descriptors(arch: Arch) -> np.ndarray:
+    """One row per layer: (type, kernel, stride, padding, outputs, skip start, skip end), raw integers.
+
+    Raw values as N2N feeds them; #outputs is out_channels for conv/linear and 0 otherwise.
+    """
+    skips = _skip_positions(arch)
+    rows = []
+    for name in arch.layers:
+        node = arch.node(name)
+        k, s, p = _geometry(arch, node)
+        outputs = arch.shapes[name][0] if node.op in ("conv", "linear") else 0
+        rows.append((N2N_TYPE[node.op], k, s, p, outputs, *skips.get(name, (0, 0))))
+    return np.asarray(rows, dtype=np.float32).reshape(-1, 7)
+
+
+def esnac_vectors(arch: Arch, max_layers: int = 128) -> np.ndarray:
+    """ESNAC node vectors for the layer graph: 10-way type one-hot, (k, s, p, groups, in, out), then
+    one-hot 'distance back' of incoming edges and 'distance forward' of outgoing edges.
+
+    Nodes are every non-input node; edges are the graph's data edges. Raises ValueError if the graph has
+    more nodes than ``max_layers`` (ESNAC's one-hot would overflow).
+    """
+    nodes = [n for n in arch.nodes if n.op != "input"]
+    if len(nodes) > max_layers:
+        raise ValueError(f"{len(nodes)} nodes exceed max_layers={max_layers}; raise max_layers")
+    pos = {n.name: i for i, n in enumerate(nodes)}
+    out = np.zeros((len(nodes), 16 + 2 * max_layers), dtype=np.float32)
+    for i, node in enumerate(nodes):
+        op = "avgpool" if node.op == "gap" else ("identity" if node.op == "add" else node.op)
+        out[i, ESNAC_TYPES.index(op)] = 1.0
+        k, s, p = _geometry(arch, node)
+        groups = arch.conv_groups(node) if node.op == "conv" else 0
+        cin = arch.in_shape(node.name)[0] if node.op in ("conv", "linear") else 0
+        cout = arch.shapes[node.name][0] if node.op in ("conv", "linear") else 0
+        out[i, 10:16] = (k, s, p, groups, cin, cout)
+        for src in node.inputs:
+            if src in pos:
+                out[i, 16 + i - pos[src]] = 1.0
+                out[pos[src], 16 + max_layers + i - pos[src]] = 1.0
+    return out
+
+
+#: Fixed scales for normalised features (never per-teacher statistics, so a policy transfers).
+FEATURE_SCALE = {"log2_channels": 11.0, "log2_size": 9.0, "kernel": 7.0, "stride": 4.0, "log10_macs": 10.0}
+AMC_FEATURES = ("is_conv", "is_linear", "depthwise", "log_in", "log_out", "log_size", "stride", "kernel",
+                "log_macs", "position")
+
+
+def amc_features(arch: Arch) -> np.ndarray:
+    """AMC-style static feature row per prunable layer (conv/linear), scaled by fixed constants.
+
+    Columns are AMC_FEATURES; environments append running context (reduced so far, previous action).
+    """
+    from netcomp.metrics import node_macs  # metrics builds on the IR; import here to avoid a cycle
+
+    names = prunable_layers(arch)
+    sc = FEATURE_SCALE
+    rows = []
+    for t, name in enumerate(names):
+        node = arch.node(name)
+        cin, cout = arch.in_shape(name)[0], arch.shapes[name][0]
+        size = arch.in_shape(name)[1] if len(arch.in_shape(name)) == 3 else 1
+        rows.append((
+            float(node.op == "conv"), float(node.op == "linear"), float(node.depthwise),
+            np.log2(cin) / sc["log2_channels"], np.log2(cout) / sc["log2_channels"],
+            np.log2(size) / sc["log2_size"], node.stride / sc["stride"], node.kernel / sc["kernel"],
+            np.log10(1.0 + node_macs(arch, name)) / sc["log10_macs"], t / max(1, len(names) - 1),
+        ))
+    return np.asarray(rows, dtype=np.float32).reshape(-1, len(AMC_FEATURES))
+
+
+def prunable_layers(arch: Arch) -> tuple[str, ...]:
+    """Conv and linear layers in order (the layers channel-ratio and ranking agents act on)."""
+    return tuple(n for n in arch.layers if arch.node(n).op in ("conv", "linear"))
+
+
+# ---------------------------------------------------------------------------- canonical form and key
+def drop_identities(arch: Arch) -> Arch:
+    """Remove identity nodes by rewiring their consumers to their input; single-input adds likewise."""
+    alias: dict[str, str] = {}
+    nodes = []
+    for node in arch.nodes:
+        inputs = tuple(alias.get(i, i) for i in node.inputs)
+        if node.op == "identity" or (node.op == "add" and len(inputs) == 1):
+            alias[node.name] = inputs[0]
+            continue
+        nodes.append(replace(node, inputs=inputs))
+    return arch.with_nodes(nodes)
+
+
+def arch_key(arch: Arch, with_origin: bool = False) -> str:
+    """Canonical hash of a network: the same student gives the same key whatever action produced it.
+
+    Names are ignored (structure only). ``with_origin`` adds the teacher node names and kept channel
+    indices, for students whose inherited weights depend on where they came from.
+    """
+    arch = drop_identities(arch)
+    pos = {n.name: i for i, n in enumerate(arch.nodes)}
+    rows: list[Sequence] = [(arch.in_channels, arch.image_size, arch.num_classes)]
+    for node in arch.nodes:
+        row = [node.op, [pos[i] for i in node.inputs], arch.shapes[node.name][0],
+               node.kernel, node.stride, node.padding, node.groups, node.depthwise, node.bias]
+        if with_origin:
+            row += [node.name, list(node.keep) if node.keep is not None else None]
+        rows.append(row)
+    return hashlib.sha1(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()[:16]
