@@ -6,21 +6,14 @@ import argparse
 import json
 import sys
 
+from netcomp.data import DATASETS, dataset_shape
 from netcomp.metrics import count_macs, count_params, layer_table
 from netcomp.zoo import ARCHS, build_arch
-
-#: (channels, image size, classes) of each dataset, so the summary needs no data on disk.
-DATASET_SHAPES = {
-    "cifar10": (3, 32, 10), "cifar100": (3, 32, 100), "svhn": (3, 32, 10),
-    "mnist": (1, 28, 10), "fashionmnist": (1, 28, 10), "synthetic": (3, 32, 10),
-}
 
 
 def summary(arch_name: str, dataset: str) -> dict:
     """Params, MACs and the layer table of a zoo model for a dataset's input, as plain data."""
-    if dataset not in DATASET_SHAPES:
-        raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASET_SHAPES)}")
-    arch = build_arch(arch_name, *DATASET_SHAPES[dataset])
+    arch = build_arch(arch_name, *dataset_shape(dataset))
     return {
         "arch": arch_name, "dataset": dataset, "params": count_params(arch), "macs": count_macs(arch),
         "layers": [
@@ -45,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("summary", help="params, MACs and the layer table of a zoo architecture")
     p.add_argument("arch", choices=ARCHS, metavar="ARCH", help=f"one of: {', '.join(ARCHS)}")
-    p.add_argument("--dataset", default="cifar10", choices=tuple(DATASET_SHAPES), help="input shape and classes")
+    p.add_argument("--dataset", default="cifar10", choices=DATASETS, help="input shape and classes")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     info = summary(args.arch, args.dataset)

@@ -70,6 +70,16 @@ _SYNTHETIC_DEFAULTS: dict[str, int] = {
 }
 
 
+def dataset_shape(name: str) -> tuple[int, int, int]:
+    """(channels, image size, classes) of a dataset without loading it (synthetic: its defaults)."""
+    key = _canonical_name(name)
+    if key == "synthetic":
+        d = _SYNTHETIC_DEFAULTS
+        return d["channels"], d["image_size"], d["num_classes"]
+    classes, channels, size, *_ = _REAL_INFO[key]
+    return channels, size, classes
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Containers
 # ---------------------------------------------------------------------------------------------------------

@@ -1,0 +1,214 @@
+"""Turns student architectures into scored results: build, inherit, distil, measure, cache.
+
+The evaluator owns everything a reward needs from the engine: the teacher (module and accuracy measured
+on the same evaluation images the students are scored on), the dataset on its device, the fidelity (how
+long the KD run is), and a cache keyed by (student key, teacher, fidelity, seed) so that the same student is
+never trained twice; the cache can be persisted as a JSON-lines file that a run directory owns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from netcomp.arch import Arch, arch_key
+from netcomp.data import Dataset
+from netcomp.distill import TrainConfig, evaluate, train_students
+from netcomp.metrics import count_macs, count_params
+from netcomp.surgery import INHERIT_MODES, build_module, inherit_weights, student_problem
+from netcomp.teachers import Teacher, load_yaml
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """How a student is scored: its KD run and the recipe of a teacher trained for it."""
+
+    name: str
+    train: TrainConfig
+    teacher_recipe: str = "fast"
+
+    def key(self) -> str:
+        blob = json.dumps({"name": self.name, "train": self.train.to_dict()}, sort_keys=True)
+        return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def load_fidelity(spec: str | Mapping[str, Any], space: str | None = None) -> Fidelity:
+    """A preset from configs/fidelity.yaml by name (with its per-space override), or a mapping."""
+    if isinstance(spec, Mapping):
+        unknown = set(spec) - {"train", "teacher_recipe", "name"}
+        if unknown:
+            raise ValueError(f"unknown fidelity keys {sorted(unknown)}; expected train, teacher_recipe, name")
+        return Fidelity(str(spec.get("name", "custom")), TrainConfig.from_dict(spec.get("train", {})),
+                        str(spec.get("teacher_recipe", "fast")))
+    presets = load_yaml("fidelity.yaml")
+    if spec not in presets:
+        raise ValueError(f"unknown fidelity {spec!r}; expected one of {', '.join(presets)} or a mapping")
+    preset = presets[spec]
+    train = dict(preset["train"])
+    if space is not None:
+        train = dict(preset.get("by_space", {}).get(space, train))
+    return Fidelity(spec, TrainConfig.from_dict(train), preset.get("teacher_recipe", "fast"))
+
+
+@dataclass
+class EvalResult:
+    """A scored student: what goes into an episode's info and the run's evaluations.jsonl."""
+
+    valid: bool
+    arch_key: str
+    params: int
+    macs: int
+    accuracy: float = 0.0
+    loss: float = float("inf")
+    eval_seconds: float = 0.0
+    invalid_reason: str | None = None
+    cached: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["loss"] = None if out["loss"] == float("inf") else out["loss"]
+        return out
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> EvalResult:
+        d = dict(d)
+        d["loss"] = float("inf") if d.get("loss") is None else d["loss"]
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+class Evaluator:
+    """Scores students of one teacher on one dataset at one fidelity.
+
+    ``inherit`` is the default weight-inheritance mode (see :func:`netcomp.surgery.inherit_weights`).
+    ``require_smaller`` makes a student that is not smaller than the teacher invalid (N2N).
+    ``cache_path`` persists results (one JSON line each) and reloads them on construction.
+    """
+
+    def __init__(self, teacher: Teacher, dataset: Dataset, fidelity: Fidelity, device: str | torch.device = "cpu",
+                 seed: int = 0, inherit: str = "reinit", require_smaller: bool = True, min_linear_inputs: int = 1,
+                 cache_path: str | Path | None = None) -> None:
+        if inherit not in INHERIT_MODES:
+            raise ValueError(f"unknown inheritance mode {inherit!r}; expected one of {INHERIT_MODES}")
+        self.device = torch.device(device)
+        self.teacher = teacher
+        self.teacher_model = teacher.model.to(self.device).eval()
+        self.dataset = dataset.to(self.device)
+        self.fidelity = fidelity
+        self.seed = seed
+        self.inherit = inherit
+        self.require_smaller = require_smaller
+        self.min_linear_inputs = min_linear_inputs
+        self.teacher_params = count_params(teacher.arch)
+        self.teacher_macs = count_macs(teacher.arch)
+        acc, loss = evaluate(self.teacher_model, self.dataset.val, self.dataset, device=self.device,
+                             max_items=fidelity.train.eval_max)
+        self.teacher_accuracy, self.teacher_loss = acc, loss
+        self.teacher_id = hashlib.sha1(json.dumps(
+            [teacher.meta.get(k) for k in ("arch", "dataset", "recipe", "seed", "split", "val_accuracy")],
+            sort_keys=True, default=str).encode()).hexdigest()[:12]
+        self.cache: dict[str, EvalResult] = {}
+        self.cache_path = Path(cache_path) if cache_path else None
+        self.trainings = 0  # students actually trained (cache misses)
+        if self.cache_path and self.cache_path.exists():
+            self._load_cache()
+
+    # ------------------------------------------------------------------ cache
+    def cache_key(self, student: Arch, inherit: str, seed: int) -> str:
+        key = arch_key(student, with_origin=inherit != "reinit")
+        return f"{key}|{inherit}|{self.teacher_id}|{self.fidelity.key()}|{seed}"
+
+    def _load_cache(self) -> None:
+        with open(self.cache_path) as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    row = json.loads(line)
+                    self.cache[row["cache_key"]] = EvalResult.from_json(row["result"])
+
+    def _store(self, key: str, result: EvalResult) -> None:
+        self.cache[key] = result
+        if self.cache_path:
+            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.cache_path, "a") as f:
+                f.write(json.dumps({"cache_key": key, "result": result.to_json()}) + "\n")
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, student: Arch, inherit: str | None = None, seed: int | None = None) -> EvalResult:
+        """Score one student (see :meth:`evaluate_many`)."""
+        return self.evaluate_many([student], inherit, seed)[0]
+
+    def evaluate_many(self, students: Sequence[Arch], inherit: str | None = None,
+                      seed: int | None = None) -> list[EvalResult]:
+        """Score several students; the uncached valid ones are trained together on shared batches."""
+        inherit = inherit or self.inherit
+        seed = self.seed if seed is None else seed
+        results: list[EvalResult | None] = [None] * len(students)
+        pending: dict[str, list[int]] = {}
+        for i, student in enumerate(students):
+            problem = student_problem(student, self.teacher.arch if self.require_smaller else None,
+                                      self.min_linear_inputs)
+            if problem is not None:
+                results[i] = EvalResult(False, _safe_key(student), _safe(count_params, student),
+                                        _safe(count_macs, student), invalid_reason=problem)
+                continue
+            key = self.cache_key(student, inherit, seed)
+            if key in self.cache:
+                results[i] = _as_cached(self.cache[key])
+            else:
+                pending.setdefault(key, []).append(i)
+        if pending:
+            trained = self._train([students[idx[0]] for idx in pending.values()], inherit, seed)
+            for (key, idx), result in zip(pending.items(), trained):
+                self._store(key, result)
+                results[idx[0]] = result
+                for j in idx[1:]:
+                    results[j] = _as_cached(result)
+        return results  # type: ignore[return-value]
+
+    def _train(self, students: Sequence[Arch], inherit: str, seed: int) -> list[EvalResult]:
+        start = time.perf_counter()
+        torch.manual_seed(seed)
+        modules = []
+        for arch in students:
+            module = build_module(arch)
+            inherit_weights(module, arch, self.teacher.model, self.teacher.arch, mode=inherit)
+            modules.append(module.to(self.device))
+        outcomes = train_students(modules, self.dataset, self.fidelity.train, teacher=self.teacher_model,
+                                  device=self.device, seed=seed)
+        self.trainings += len(students)
+        seconds = (time.perf_counter() - start) / len(students)
+        results = []
+        for arch, out in zip(students, outcomes):
+            results.append(EvalResult(
+                valid=out.valid, arch_key=arch_key(arch), params=count_params(arch), macs=count_macs(arch),
+                accuracy=out.accuracy, loss=out.loss, eval_seconds=seconds, invalid_reason=out.invalid_reason,
+                extra={"best_epoch": out.best_epoch, "steps": out.steps},
+            ))
+        return results
+
+
+def _as_cached(result: EvalResult) -> EvalResult:
+    """A cache hit: the stored result (eval_seconds stays the time its training took), flagged cached."""
+    return EvalResult(**{**asdict(result), "cached": True})
+
+
+def _safe(fn, arch: Arch) -> int:
+    try:
+        return fn(arch)
+    except ValueError:
+        return 0
+
+
+def _safe_key(arch: Arch) -> str:
+    try:
+        return arch_key(arch)
+    except ValueError:
+        return "invalid"
