@@ -1,0 +1,292 @@
+"""The base environment: teacher, data, fidelity, reward, evaluation, cache, episode info and rendering.
+
+Subclasses (one per action space) only say what an action is and how it turns the teacher into a student:
+``_layers`` (the layer names actions refer to), ``_oneshot_space`` / ``_step_space``, ``_features`` (the
+static per-layer features), ``_check_oneshot`` / ``_check_step`` (validation into plain values) and
+``_make_student`` (values for all layers -> student Arch plus info). Everything else lives here, so every
+space has the same episode contract (DESIGN.md section 3).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from netcomp.arch import Arch
+from netcomp.data import DATASETS, Dataset, load_dataset
+from netcomp.evaluator import Evaluator, Fidelity, load_fidelity
+from netcomp.metrics import count_macs, count_params
+from netcomp.rewards import compute_reward
+from netcomp.teachers import Teacher, get_teacher, load_teacher
+from netcomp.zoo import ARCHS
+
+MODES = ("oneshot", "sequential")
+OBS_BOUND = 10.0
+#: Columns of the running context appended to the layer features in sequential mode.
+CONTEXT_FEATURES = ("position", "reduced", "previous_action")
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_dataset(name: str, root: str | None, download: bool, kwargs: tuple) -> Dataset:
+    """Datasets are read once per process (checkers and vector envs build the env many times)."""
+    return load_dataset(name, root=root, download=download, **dict(kwargs))
+
+
+_TEACHERS: dict[tuple, Teacher] = {}
+
+
+def _cached_teacher(arch: str, dataset: Dataset, recipe: str, seed: int, home: str | None) -> Teacher:
+    """Teachers are trained (or read from disk) once per process."""
+    key = (arch, dataset.name, len(dataset.train), len(dataset.val), recipe, seed, home)
+    if key not in _TEACHERS:
+        _TEACHERS[key] = get_teacher(arch, dataset, recipe=recipe, seed=seed,
+                                     home=Path(home) if home else None, progress=False)
+    return _TEACHERS[key]
+
+
+class CompressionEnv(gym.Env):
+    """Common machinery of the compression environments; see the subclasses for their spaces.
+
+    Episode contract: the final step's ``info`` holds ``valid``, ``accuracy``, ``teacher_accuracy``,
+    ``params``, ``teacher_params``, ``macs``, ``teacher_macs``, ``compression`` (1 - params ratio),
+    ``reward``, ``arch_key``, ``eval_seconds`` (the seconds the student's training took, also when the
+    result came from the cache, so seeded steps give equal infos), ``invalid_reason`` (when not valid) and
+    the space's own fields; ``env.unwrapped.last_result.cached`` says whether it was trained now. Invalid students end the episode with the ``penalty`` reward; they never raise.
+    """
+
+    metadata: ClassVar[dict] = {"render_modes": ["ansi"], "render_fps": 1}
+    space: ClassVar[str] = ""
+    default_reward: ClassVar[str] = "n2n"
+    default_inherit: ClassVar[str] = "reinit"
+
+    def __init__(self, arch: str = "resnet20", dataset: str = "synthetic", fidelity: str | Mapping = "smoke",
+                 mode: str = "oneshot", reward: str | None = None, device: str | None = None,
+                 data_root: str | None = None, teacher: str | Teacher | None = None, render_mode: str | None = None,
+                 penalty: float = -1.0, inherit: str | None = None, cache_path: str | None = None,
+                 download: bool = False, dataset_kwargs: Mapping | None = None, teacher_seed: int = 0,
+                 home: str | None = None) -> None:
+        _check_choice("arch", arch, ARCHS)
+        _check_choice("dataset", dataset, DATASETS)
+        _check_choice("mode", mode, MODES)
+        if render_mode is not None:
+            _check_choice("render_mode", render_mode, tuple(self.metadata["render_modes"]))
+        self.mode, self.render_mode, self.penalty = mode, render_mode, float(penalty)
+        self.reward_name = reward or self.default_reward
+        compute_reward(self.reward_name, {"valid": False})  # validates the name early
+        self.fidelity: Fidelity = load_fidelity(fidelity, self.space)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        ds = _cached_dataset(dataset, data_root, download, tuple(sorted((dataset_kwargs or {}).items())))
+        self.teacher = self._resolve_teacher(teacher, arch, ds, teacher_seed, home)
+        self.arch: Arch = self.teacher.arch
+        self.evaluator = Evaluator(self.teacher, ds, self.fidelity, device=self.device,
+                                   inherit=inherit or self.default_inherit, cache_path=cache_path,
+                                   min_linear_inputs=self._min_linear_inputs())
+        self.train_seed = 0
+        self.layers: tuple[str, ...] = self._layers()
+        self._static = self._features().astype(np.float32)
+        if self.mode == "oneshot":
+            self.action_space = self._oneshot_space()
+            obs_shape = self._static.shape
+        else:
+            self.action_space = self._step_space()
+            obs_shape = (self._static.shape[1] + len(CONTEXT_FEATURES),)
+        # features are scaled by fixed constants and clipped, so a finite box holds every observation
+        self.observation_space = spaces.Box(-OBS_BOUND, OBS_BOUND, obs_shape, np.float32)
+        self._t = 0
+        self._values: list[Any] = []
+        self._last_info: dict[str, Any] = {}
+        self._last_student: Arch | None = None
+
+    # ------------------------------------------------------------------ hooks for the spaces
+    def _layers(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def _features(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def _oneshot_space(self) -> spaces.Space:
+        raise NotImplementedError
+
+    def _step_space(self) -> spaces.Space:
+        raise NotImplementedError
+
+    def _check_oneshot(self, action: Any) -> list[Any]:
+        """Validate a one-shot action; return one plain value per layer."""
+        raise NotImplementedError
+
+    def _check_step(self, action: Any) -> Any:
+        """Validate a sequential action; return the plain value for the current layer."""
+        raise NotImplementedError
+
+    def _make_student(self, values: list[Any]) -> tuple[Arch, dict[str, Any]]:
+        """The student for per-layer values, and the space's info fields (forced, corrected, ...)."""
+        raise NotImplementedError
+
+    def _min_linear_inputs(self) -> int:
+        return 1
+
+    def _step_value(self, value: Any, t: int) -> tuple[Any, float]:
+        """A sequential step's value after any correction (budget wall), and its 'reduced' context."""
+        return value, 0.0
+
+    # ------------------------------------------------------------------ gymnasium API
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        if seed is not None:  # student training follows the episode seed (cache keys include it)
+            self.train_seed = int(self.np_random.integers(2**31 - 1))
+        self._t, self._values, self._reduced, self._previous = 0, [], 0.0, 0.0
+        return self._observation(), {"layers": len(self.layers), "teacher_accuracy": self.evaluator.teacher_accuracy}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if self.mode == "oneshot":
+            self._values = self._check_oneshot(action)
+            return self._finish()
+        if self._t >= len(self.layers):
+            raise RuntimeError("episode is over; call reset()")
+        value = self._check_step(action)
+        value, self._reduced = self._step_value(value, self._t)
+        self._values.append(value)
+        self._previous = float(np.asarray(value, dtype=np.float64).mean())
+        self._t += 1
+        if self._t < len(self.layers):
+            return self._observation(), 0.0, False, False, {}
+        return self._finish()
+
+    def _finish(self) -> tuple[np.ndarray, float, bool, bool, dict]:
+        student, space_info = self._make_student(self._values)
+        self._last_student = student
+        result = self.evaluator.evaluate(student, seed=self.train_seed)
+        self.last_result = result
+        info = self.episode_info(result, space_info)
+        self._last_info = info
+        obs = self._observation() if self.mode == "oneshot" else np.zeros(self.observation_space.shape, np.float32)
+        return obs, info["reward"], True, False, info
+
+    def episode_info(self, result, space_info: Mapping[str, Any]) -> dict[str, Any]:
+        """The contract info of an evaluated student plus the space's own fields."""
+        ev = self.evaluator
+        compression = 1.0 - result.params / ev.teacher_params if result.params else 0.0
+        info = {
+            "valid": result.valid, "accuracy": result.accuracy, "teacher_accuracy": ev.teacher_accuracy,
+            "loss": result.loss if np.isfinite(result.loss) else None,
+            "params": result.params, "teacher_params": ev.teacher_params,
+            "macs": result.macs, "teacher_macs": ev.teacher_macs, "compression": compression,
+            "arch_key": result.arch_key, "eval_seconds": result.eval_seconds,
+            **space_info,
+        }
+        if not result.valid:
+            info["invalid_reason"] = result.invalid_reason
+        info["reward"] = compute_reward(self.reward_name, info, self.penalty)
+        return info
+
+    def _observation(self) -> np.ndarray:
+        if self.mode == "oneshot":
+            return np.clip(self._static, -OBS_BOUND, OBS_BOUND)
+        t = min(self._t, len(self.layers) - 1)
+        position = t / max(1, len(self.layers) - 1)
+        context = np.array([position, self._reduced, self._previous], np.float32)
+        return np.clip(np.concatenate([self._static[t], context]), -OBS_BOUND, OBS_BOUND).astype(np.float32)
+
+    def render(self) -> str | None:
+        if self.render_mode is None:
+            gym.logger.warn("render() called without a render_mode; make the env with render_mode='ansi'")
+            return None
+        return self._render_table()
+
+    def _render_table(self) -> str:
+        student = self._last_student
+        lines = [f"{self.space} env on {self.arch.family} ({self.mode}); teacher acc "
+                 f"{self.evaluator.teacher_accuracy:.4f}, {self.evaluator.teacher_params:,} params"]
+        lines.append(f"{'layer':<28} {'op':<7} {'teacher':>8} {'student':>8}")
+        for name in self.arch.layers:
+            node = self.arch.node(name)
+            width = self.arch.shapes[name][0]
+            if student is None:
+                now = "-"
+            elif name not in student.index:
+                now = "removed"
+            else:
+                now = str(student.shapes[name][0]) if student.shapes else "?"
+            lines.append(f"{name:<28} {node.op:<7} {width:>8} {now:>8}")
+        if self._last_info:
+            i = self._last_info
+            lines.append(f"params {i['params']:,}/{i['teacher_params']:,}  MACs {i['macs']:,}/{i['teacher_macs']:,}  "
+                         f"acc {i['accuracy']:.4f}  reward {i['reward']:.4f}  valid {i['valid']}")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ helpers
+    def _resolve_teacher(self, teacher: str | Teacher | None, arch: str, ds: Dataset, seed: int,
+                         home: str | None) -> Teacher:
+        if isinstance(teacher, Teacher):
+            return teacher
+        if isinstance(teacher, str | Path):
+            loaded = load_teacher(Path(teacher))
+            if loaded.meta["arch"] != arch:
+                raise ValueError(f"teacher file {teacher} holds a {loaded.meta['arch']}, not a {arch}")
+            return loaded
+        return _cached_teacher(arch, ds, self.fidelity.teacher_recipe, seed, home)
+
+    @property
+    def student(self) -> Arch | None:
+        """The last episode's student architecture."""
+        return self._last_student
+
+    def student_cost(self, student: Arch) -> tuple[int, int]:
+        """(params, MACs) of a student."""
+        return count_params(student), count_macs(student)
+
+
+def _check_choice(what: str, value: Any, valid: tuple) -> None:
+    if value not in valid:
+        raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(map(str, valid))}")
+
+
+def check_box_action(action: Any, space: spaces.Box) -> np.ndarray:
+    """A Box action as float64 array, or ValueError naming the expected space."""
+    arr = _as_array(action, space)
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise ValueError(f"action dtype {arr.dtype} is not numeric; expected {space}")
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"action has NaN or inf; expected finite values in {space}")
+    if np.any(arr < space.low - 1e-6) or np.any(arr > space.high + 1e-6):
+        raise ValueError(f"action out of range [{space.low.min()}, {space.high.max()}]; expected {space}")
+    return np.clip(arr, space.low, space.high)
+
+
+def check_int_action(action: Any, space: spaces.Space, high: np.ndarray | int) -> np.ndarray:
+    """A Discrete / MultiDiscrete / MultiBinary action as int64 array, or ValueError naming the space."""
+    arr = _as_array(action, space)
+    if arr.dtype == bool:
+        arr = arr.astype(np.int64)
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise ValueError(f"action dtype {arr.dtype} is not numeric; expected {space}")
+    if np.issubdtype(arr.dtype, np.floating) and not (np.all(np.isfinite(arr)) and np.all(arr == np.round(arr))):
+        raise ValueError(f"action must hold integers; expected {space}")
+    arr = arr.astype(np.int64)
+    if np.any(arr < 0) or np.any(arr >= high):
+        raise ValueError(f"action out of range; expected {space}")
+    return arr
+
+
+def _as_array(action: Any, space: spaces.Space) -> np.ndarray:
+    try:
+        arr = np.asarray(action)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"action {action!r} is not an array; expected {space}") from exc
+    shape = space.shape if space.shape is not None else ()
+    if arr.dtype == object:
+        raise ValueError(f"action of object dtype; expected {space}")
+    if arr.shape != shape:
+        if arr.size == int(np.prod(shape)) and arr.ndim <= 1 and len(shape) <= 1:
+            arr = arr.reshape(shape)
+        else:
+            raise ValueError(f"action has shape {arr.shape}; expected shape {shape} for {space}")
+    return arr

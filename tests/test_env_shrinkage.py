@@ -1,0 +1,82 @@
+"""The shrinkage space (N2N stage 2): lookup factors, coupling, fixed layers, starting from a removal."""
+
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+from envs.shrinkage import N2N_LOOKUP, ShrinkageEnv
+from netcomp.rewards import n2n_reward
+
+
+def make(tiny, **kw):
+    return ShrinkageEnv(arch=kw.pop("arch", "resnet20"), **tiny, **kw)
+
+
+@pytest.mark.parametrize("mode", ["oneshot", "sequential"])
+def test_checkers_pass(tiny, mode, recwarn):
+    env = make(tiny, mode=mode, render_mode="ansi")
+    gym_check_env(env)
+    sb3_check_env(env, warn=True)
+    assert not [w for w in recwarn if "space" in str(w.message).lower()]
+
+
+def test_widths_follow_the_lookup_with_the_minimum_width(tiny):
+    env = make(tiny)
+    env.reset(seed=0)
+    action = np.full(len(env.layers), N2N_LOOKUP.index(0.5))
+    _, reward, _, _, info = env.step(action)
+    student = env.student
+    for name, width in info["widths"].items():
+        teacher_width = env.arch.shapes[name][0]
+        assert width == max(int(teacher_width * 0.5), 10)
+        assert student.shapes[name][0] == width
+    assert info["valid"]
+    assert reward == pytest.approx(n2n_reward(info["compression"], info["accuracy"], info["teacher_accuracy"]))
+
+
+def test_shrinkage_respects_coupling(tiny):
+    env = make(tiny)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    _, _, _, _, info = env.step(rng.integers(0, len(N2N_LOOKUP), len(env.layers)))
+    student = env.student
+    for group in env.arch.groups:   # every member of a coupled group has the same width
+        widths = {student.shapes[m][0] for m in group.members if m in student.index and len(student.shapes[m]) == 3}
+        assert len(widths) <= 1
+    stage2 = ["layer2.0.conv2", "layer2.0.shortcut.conv", "layer2.1.conv2", "layer2.2.conv2"]
+    assert {"layer2.1.conv2", "layer2.2.conv2"} <= set(info["coupled"])   # follow layer2.0.conv2
+    assert "layer2.0.shortcut.conv" in info["fixed"]                       # strided, follows its group too
+    assert len({student.shapes[n][0] for n in stage2}) == 1
+    # strided convs and linears never shrink
+    assert {"layer2.0.conv1", "layer3.0.conv1", "fc"} <= set(info["fixed"])
+    assert student.shapes["layer2.0.conv1"][0] == 32
+
+
+def test_shrinkage_starts_from_a_stage_one_student(tiny):
+    removed = ["layer1.1.conv1", "layer1.1.bn1", "layer1.1.relu1"]
+    env = make(tiny, removed=removed)
+    env.reset(seed=0)
+    assert "layer1.1.conv1" not in env.layers
+    _, _, _, _, info = env.step(np.full(len(env.layers), len(N2N_LOOKUP) - 1))  # factor 1: no shrink
+    assert info["valid"] and info["removed"] == removed
+    assert info["teacher_params"] == env.evaluator.teacher_params  # compression against the teacher
+
+
+def test_a_linear_with_too_few_inputs_is_invalid(tiny):
+    env = make(tiny, arch="vgg11", min_width=1, lookup=(0.01, 1.0))   # last conv 512 -> 5 channels
+    env.reset(seed=0)
+    _, reward, _, _, info = env.step(np.zeros(len(env.layers), dtype=np.int64))
+    assert not info["valid"] and "(< 10)" in info["invalid_reason"]
+    assert reward == -1.0
+
+
+def test_bad_arguments_and_actions(tiny):
+    with pytest.raises(ValueError, match="lookup"):
+        make(tiny, lookup=(0.0, 1.0))
+    env = make(tiny)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="MultiDiscrete"):
+        env.step(np.full(len(env.layers), 11))
+    with pytest.raises(ValueError, match="MultiDiscrete"):
+        env.step(np.full(3, 1))
