@@ -484,3 +484,38 @@ def arch_key(arch: Arch, with_origin: bool = False) -> str:
             row += [node.name, list(node.keep) if node.keep is not None else None]
         rows.append(row)
     return hashlib.sha1(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------- serialisation
+def arch_to_dict(arch: Arch) -> dict:
+    """A plain-data form of an architecture (JSON- and weights_only-safe), for saved students and runs."""
+    defaults = Node("_", "input")
+    nodes = []
+    for node in arch.nodes:
+        row = {"name": node.name, "op": node.op}
+        for f in ("inputs", "out_channels", "kernel", "stride", "padding", "groups", "depthwise", "bias", "role",
+                  "block", "stage", "keep"):
+            value = getattr(node, f)
+            if value != getattr(defaults, f):
+                row[f] = list(value) if isinstance(value, tuple) else value
+        nodes.append(row)
+    return {"family": arch.family, "in_channels": arch.in_channels, "image_size": arch.image_size,
+            "num_classes": arch.num_classes, "nodes": nodes}
+
+
+def arch_from_dict(data: dict) -> Arch:
+    """Inverse of :func:`arch_to_dict`; ArchError if the data does not describe a valid network."""
+    try:
+        nodes = []
+        for row in data["nodes"]:
+            row = dict(row)
+            for f in ("inputs", "keep"):
+                if row.get(f) is not None:
+                    row[f] = tuple(int(v) if f == "keep" else str(v) for v in row[f])
+            nodes.append(Node(**row))
+        arch = Arch(tuple(nodes), int(data["in_channels"]), int(data["image_size"]), int(data["num_classes"]),
+                    family=str(data.get("family", "")))
+    except (KeyError, TypeError) as exc:
+        raise ArchError(f"not an architecture description: {exc}") from exc
+    arch.shapes  # noqa: B018  (validate)
+    return arch

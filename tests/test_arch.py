@@ -152,3 +152,16 @@ def test_arch_key_identifies_the_same_student():
     k2 = keep_channels(t, {"conv1": [3, 4, 5]})
     assert arch_key(k1) == arch_key(k2)
     assert arch_key(k1, with_origin=True) != arch_key(k2, with_origin=True)
+
+
+def test_arch_round_trips_through_plain_data():
+    import json
+
+    from netcomp.arch import arch_from_dict, arch_to_dict
+
+    student = keep_channels(remove_layers(build_arch("mobilenetv2"), ["layers.2.relu1"]), {"conv1": [1, 5, 9]})
+    data = json.loads(json.dumps(arch_to_dict(student)))
+    again = arch_from_dict(data)
+    assert again == student and arch_key(again, True) == arch_key(student, True)
+    with pytest.raises(ArchError, match="not an architecture"):
+        arch_from_dict({"nodes": [{"nope": 1}]})
