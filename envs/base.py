@@ -58,7 +58,8 @@ class CompressionEnv(gym.Env):
     ``params``, ``teacher_params``, ``macs``, ``teacher_macs``, ``compression`` (1 - params ratio),
     ``reward``, ``arch_key``, ``eval_seconds`` (the seconds the student's training took, also when the
     result came from the cache, so seeded steps give equal infos), ``invalid_reason`` (when not valid) and
-    the space's own fields; ``env.unwrapped.last_result.cached`` says whether it was trained now. Invalid students end the episode with the ``penalty`` reward; they never raise.
+    the space's own fields; ``env.unwrapped.last_result.cached`` says whether it was trained now.
+    Invalid students end the episode with the ``penalty`` reward; they never raise.
     """
 
     metadata: ClassVar[dict] = {"render_modes": ["ansi"], "render_fps": 1}
