@@ -234,6 +234,22 @@ class CompressionEnv(gym.Env):
             return loaded
         return _cached_teacher(arch, ds, self.fidelity.teacher_recipe, seed, home)
 
+    def student_for(self, action: Any) -> Arch:
+        """The student that a one-shot action, or the list of a sequential episode's actions, yields.
+
+        Nothing is trained; the current episode is abandoned (call reset() before stepping again).
+        """
+        if self.mode == "oneshot":
+            return self._make_student(self._check_oneshot(action))[0]
+        if len(action) != len(self.layers):
+            raise ValueError(f"a sequential episode has {len(self.layers)} actions, got {len(action)}")
+        self._values = []
+        for t, a in enumerate(action):
+            value, self._reduced = self._step_value(self._check_step(a), t)
+            self._values.append(value)
+        self._t = len(self.layers)
+        return self._make_student(self._values)[0]
+
     @property
     def student(self) -> Arch | None:
         """The last episode's student architecture."""

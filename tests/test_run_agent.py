@@ -1,0 +1,119 @@
+"""run_agent.py end to end on tiny synthetic data: agents, run directory, resume after SIGKILL, errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import run_agent
+from agents.base import read_records
+from tests.conftest import TINY
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({"run": {"fidelity": "smoke", "dataset_kwargs": dict(TINY)}}))
+    return str(path)
+
+
+def run(*argv):
+    return run_agent.main([str(a) for a in argv])
+
+
+@pytest.mark.parametrize("agent", ["random", "ppo", "a2c"])
+def test_agents_run_end_to_end_and_fill_the_run_directory(agent, tiny_config, tmp_path):
+    out = tmp_path / agent
+    assert run("--env", "removal-resnet20-synthetic", "--agent", agent, "--budget", 4, "--config", tiny_config,
+               "--out", out) == 0
+    records = read_records(out / "evaluations.jsonl")
+    assert [r["index"] for r in records] == [0, 1, 2, 3]
+    assert {"action", "arch_key", "params", "macs", "accuracy", "reward", "valid", "eval_seconds"} <= set(records[0])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["evaluations"] == 4 and summary["best"]["reward"] == max(r["reward"] for r in records)
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["run"]["budget"] == 4 and config["run"]["fidelity"] == "smoke" and config["agent"] == agent
+    assert (out / "reward.png").exists() and (out / "accuracy_vs_params.png").exists()
+    assert any((out / "tb").iterdir())
+    if any(r["valid"] for r in records):
+        model, meta = run_agent.load_student(out / "best_student.pt")
+        out_shape = model(torch.randn(2, 3, TINY["image_size"], TINY["image_size"])).shape
+        assert out_shape == (2, 10) and meta["params"] == sum(p.numel() for p in model.parameters())
+
+
+def test_sb3_agents_default_to_sequential_mode(tiny_config, tmp_path):
+    run("--env", "shrinkage-resnet20-synthetic", "--agent", "ppo", "--budget", 2, "--config", tiny_config,
+        "--out", tmp_path / "p")
+    config = yaml.safe_load((tmp_path / "p" / "config.yaml").read_text())
+    records = read_records(tmp_path / "p" / "evaluations.jsonl")
+    assert config["mode"] == "sequential" and isinstance(records[0]["action"], list)
+
+
+def test_config_layers_flags_over_files(tiny_config, tmp_path):
+    args = run_agent.parse_args(["--env", "removal-lenet5-synthetic", "--agent", "random", "--config", tiny_config,
+                                 "--budget", "7", "--seed", "3"])
+    config = run_agent.resolve_config(args)
+    assert config["run"]["budget"] == 7 and config["run"]["seed"] == 3          # flags
+    assert config["run"]["fidelity"] == "smoke"                                  # --config
+    assert config["run"]["download"] is False                                    # defaults
+
+
+def test_mismatched_agent_and_space_is_a_clear_error(tiny_config, tmp_path):
+    with pytest.raises(ValueError, match="does not support the 'channel-ratio' space"):
+        run("--env", "channel-ratio-resnet20-synthetic", "--agent", "n2n", "--config", tiny_config,
+            "--out", tmp_path / "x")
+    with pytest.raises(ValueError, match="does not support mode 'sequential'"):
+        run("--env", "removal-resnet20-synthetic", "--agent", "random", "--mode", "sequential",
+            "--config", tiny_config, "--out", tmp_path / "y")
+    with pytest.raises(ValueError, match="unknown agent 'dqn'"):
+        run("--env", "removal-resnet20-synthetic", "--agent", "dqn", "--out", tmp_path / "z")
+
+
+def test_list_prints_envs_and_agents(capsys):
+    assert run("--list") == 0
+    out = capsys.readouterr().out
+    assert "removal" in out and "ranking-affine" in out and "n2n" in out and "ppo" in out
+
+
+def _cli(out, budget, tiny_config):
+    cmd = [sys.executable, str(ROOT / "run_agent.py"), "--env", "removal-resnet20-synthetic", "--agent", "random",
+           "--budget", str(budget), "--config", tiny_config, "--seed", "5"]
+    return cmd + (["--out", str(out)] if out else [])
+
+
+def test_resume_after_sigkill_loses_nothing_and_ends_at_the_budget(tiny_config, tmp_path):
+    env = dict(os.environ)
+    budget = 8
+    reference = tmp_path / "reference"
+    subprocess.run(_cli(reference, budget, tiny_config), check=True, env=env, capture_output=True, cwd=ROOT)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(killed, budget, tiny_config), env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while len(read_records(killed / "evaluations.jsonl")) < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = read_records(killed / "evaluations.jsonl")
+    assert 3 <= len(before) < budget, "the run must be killed in the middle"
+
+    resume = [sys.executable, str(ROOT / "run_agent.py"), "--resume", str(killed)]
+    subprocess.run(resume, check=True, env=env, capture_output=True, cwd=ROOT)
+    after = read_records(killed / "evaluations.jsonl")
+    assert [r["index"] for r in after] == list(range(budget))                 # nothing lost, nothing doubled
+    assert after[: len(before)] == before                                      # finished ones kept as written
+    expected = read_records(reference / "evaluations.jsonl")
+    assert [r["action"] for r in after] == [r["action"] for r in expected]     # same search as without the kill
+    keys = [r["arch_key"] for r in after if not r["cached"]]
+    assert len(keys) == len(set(keys))                                         # no student trained twice
+    assert json.loads((killed / "summary.json").read_text())["resumed"] is True
