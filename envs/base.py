@@ -72,7 +72,7 @@ class CompressionEnv(gym.Env):
                  data_root: str | None = None, teacher: str | Teacher | None = None, render_mode: str | None = None,
                  penalty: float = -1.0, inherit: str | None = None, cache_path: str | None = None,
                  download: bool = False, dataset_kwargs: Mapping | None = None, teacher_seed: int = 0,
-                 home: str | None = None) -> None:
+                 home: str | None = None, require_smaller: bool = True, reward_split: str = "val") -> None:
         _check_choice("arch", arch, ARCHS)
         _check_choice("dataset", dataset, DATASETS)
         _check_choice("mode", mode, MODES)
@@ -88,7 +88,8 @@ class CompressionEnv(gym.Env):
         self.arch: Arch = self.teacher.arch
         self.evaluator = Evaluator(self.teacher, ds, self.fidelity, device=self.device,
                                    inherit=inherit or self.default_inherit, cache_path=cache_path,
-                                   min_linear_inputs=self._min_linear_inputs())
+                                   min_linear_inputs=self._min_linear_inputs(), require_smaller=require_smaller,
+                                   split=reward_split)
         self.train_seed = 0
         self.layers: tuple[str, ...] = self._layers()
         self._static = self._features().astype(np.float32)

@@ -90,11 +90,15 @@ class Evaluator:
     ``inherit`` is the default weight-inheritance mode (see :func:`netcomp.surgery.inherit_weights`).
     ``require_smaller`` makes a student that is not smaller than the teacher invalid (N2N).
     ``cache_path`` persists results (one JSON line each) and reloads them on construction.
+    ``split`` is where rewards are measured: "val" (default) or "test", which reproduces N2N's reference
+    code (it scores students on the test set; a leak, listed in the README's deviations table).
     """
 
     def __init__(self, teacher: Teacher, dataset: Dataset, fidelity: Fidelity, device: str | torch.device = "cpu",
                  seed: int = 0, inherit: str = "reinit", require_smaller: bool = True, min_linear_inputs: int = 1,
-                 cache_path: str | Path | None = None) -> None:
+                 cache_path: str | Path | None = None, split: str = "val") -> None:
+        if split not in ("val", "test"):
+            raise ValueError(f"unknown reward split {split!r}; expected 'val' (default) or 'test' (N2N's leak)")
         if inherit not in INHERIT_MODES:
             raise ValueError(f"unknown inheritance mode {inherit!r}; expected one of {INHERIT_MODES}")
         self.device = torch.device(device)
@@ -106,9 +110,11 @@ class Evaluator:
         self.inherit = inherit
         self.require_smaller = require_smaller
         self.min_linear_inputs = min_linear_inputs
+        self.split = split
         self.teacher_params = count_params(teacher.arch)
         self.teacher_macs = count_macs(teacher.arch)
-        acc, loss = evaluate(self.teacher_model, self.dataset.val, self.dataset, device=self.device,
+        scored = self.dataset.val if split == "val" else self.dataset.test
+        acc, loss = evaluate(self.teacher_model, scored, self.dataset, device=self.device,
                              max_items=fidelity.train.eval_max)
         self.teacher_accuracy, self.teacher_loss = acc, loss
         self.teacher_id = hashlib.sha1(json.dumps(
@@ -123,7 +129,7 @@ class Evaluator:
     # ------------------------------------------------------------------ cache
     def cache_key(self, student: Arch, inherit: str, seed: int) -> str:
         key = arch_key(student, with_origin=inherit != "reinit")
-        return f"{key}|{inherit}|{self.teacher_id}|{self.fidelity.key()}|{seed}"
+        return f"{key}|{inherit}|{self.teacher_id}|{self.fidelity.key()}|{seed}|{self.split}"
 
     def _load_cache(self) -> None:
         with open(self.cache_path) as f:
@@ -182,7 +188,7 @@ class Evaluator:
             inherit_weights(module, arch, self.teacher.model, self.teacher.arch, mode=inherit)
             modules.append(module.to(self.device))
         outcomes = train_students(modules, self.dataset, self.fidelity.train, teacher=self.teacher_model,
-                                  device=self.device, seed=seed)
+                                  device=self.device, seed=seed, split=self.split)
         self.trainings += len(students)
         seconds = (time.perf_counter() - start) / len(students)
         results = []
