@@ -8,7 +8,9 @@ Cached teachers live under ``$NETCOMP_HOME/teachers`` (default ``~/.cache/netcom
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,10 +66,25 @@ class Teacher:
         return float(self.meta["val_accuracy"])
 
 
+def data_fingerprint(dataset: Dataset) -> str:
+    """A short hash of a dataset's shape, split sizes and first training images and labels.
+
+    Part of a teacher's cache name, so a subset, another image size or other synthetic data is a
+    different teacher.
+    """
+    h = hashlib.sha1(f"{dataset.channels}x{dataset.image_size}c{dataset.num_classes}"
+                     f"-{len(dataset.train)}-{len(dataset.val)}".encode())
+    h.update(dataset.train.x[:256].cpu().numpy().tobytes())
+    h.update(dataset.train.y[:256].cpu().numpy().tobytes())
+    return h.hexdigest()[:10]
+
+
 def teacher_path(arch_name: str, dataset: Dataset, recipe: str, seed: int, home: Path | None = None) -> Path:
-    """Cache file of a teacher; the split sizes are part of the name, so a subset is a different teacher."""
-    sizes = f"{len(dataset.train)}-{len(dataset.val)}"
-    return (home or netcomp_home()) / "teachers" / f"{arch_name}-{dataset.name}-{sizes}-{recipe}-s{seed}.pt"
+    """Cache file of a teacher for this arch, data (fingerprinted), recipe name and seed."""
+    if not isinstance(recipe, str):
+        raise TypeError(f"cached teachers are keyed by a recipe name from configs/teachers.yaml, got {recipe!r}")
+    name = f"{arch_name}-{dataset.name}-{data_fingerprint(dataset)}-{recipe}-s{seed}.pt"
+    return (home or netcomp_home()) / "teachers" / name
 
 
 def arch_for(arch_name: str, dataset: Dataset) -> Arch:
@@ -106,9 +123,14 @@ def save_teacher(teacher: Teacher, path: Path) -> None:
     """Write weights and metadata atomically (a crash never leaves a half-written teacher)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in teacher.model.state_dict().items()}
-    tmp = path.with_suffix(".tmp")
-    torch.save({"state_dict": state, "meta": teacher.meta}, tmp)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")  # unique: concurrent savers never collide
+    os.close(fd)
+    try:
+        torch.save({"state_dict": state, "meta": teacher.meta}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def load_teacher(path: Path, device: str | torch.device = "cpu") -> Teacher:
