@@ -4,9 +4,14 @@ import os
 import tempfile
 
 import pytest
+import torch
 
 # Set before any test imports the engine, so every cached teacher lands in a throw-away home.
 os.environ.setdefault("NETCOMP_HOME", tempfile.mkdtemp(prefix="netcomp-test-home-"))
+
+# Tests train tiny networks: one intra-op thread is faster than two threads fighting over 2 shared cores,
+# and a fixed thread count keeps float reductions (and so seeded results) identical across tests.
+torch.set_num_threads(1)
 
 #: Synthetic data small enough that a smoke evaluation costs a fraction of a second on CPU.
 TINY = {"image_size": 16, "train_size": 256, "val_size": 64, "test_size": 64}

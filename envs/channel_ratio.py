@@ -1,0 +1,270 @@
+"""Channel ratio (AMC / TAS style): a continuous keep ratio for every shrinkable channel group of the teacher."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import nn
+
+from envs.base import CompressionEnv, check_box_action
+from netcomp.arch import AMC_FEATURES, Arch, amc_features, prunable_layers
+from netcomp.metrics import GroupCostModel
+from netcomp.surgery import keep_channels, set_widths
+
+#: Columns of the per-group observation row: AMC's layer features of the group's first producer (position
+#: counted over groups), then log2(1 + number of producers) / 6 and the share of the teacher's MACs that
+#: depend on the group's width. All are scaled by fixed constants, so a policy transfers across teachers.
+GROUP_FEATURES = (*AMC_FEATURES, "log_producers", "macs_share")
+SELECTIONS = ("norm", "first")
+BUDGET_METRICS = ("macs", "params")
+
+
+def group_features(arch: Arch, cost: GroupCostModel) -> np.ndarray:
+    """One static feature row per shrinkable group (columns GROUP_FEATURES), in ``cost.gids`` order.
+
+    A coupled residual group acts as one layer; it is described by its first producer's AMC row, with the
+    position taken over groups, the 'depthwise' column meaning "a depthwise conv follows this group's
+    width" (producers are never depthwise), and the MACs column counting every layer the group's width
+    changes (a group shrinks all of them at once).
+    """
+    rows = amc_features(arch)
+    row_of = {name: i for i, name in enumerate(prunable_layers(arch))}
+    col = {name: i for i, name in enumerate(AMC_FEATURES)}
+    total = max(1, cost.macs({}))
+    out = np.zeros((len(cost.gids), len(GROUP_FEATURES)), np.float32)
+    for i, gid in enumerate(cost.gids):
+        group = arch.group(gid)
+        row = rows[row_of[group.producers[0]]].copy()
+        row[col["position"]] = i / max(1, len(cost.gids) - 1)
+        row[col["depthwise"]] = float(any(arch.node(m).op == "conv" and arch.node(m).depthwise
+                                          for m in group.members))
+        row[col["log_macs"]] = np.log10(1.0 + cost.dependent_cost(i)) / 10.0
+        share = cost.dependent_cost(i) / total
+        out[i] = (*row, np.log2(1.0 + len(group.producers)) / 6.0, share)
+    return out
+
+
+@torch.no_grad()
+def filter_norms(model: nn.Module, arch: Arch, gid: str, squared: bool = False) -> np.ndarray:
+    """Per output channel of group ``gid``: the sum over its producers of each filter's L2 norm.
+
+    ``squared`` sums squared norms instead (LeGR's l2_weight chain score). A filter is one output row of a
+    conv (in/groups x k x k weights) or of a linear layer; biases are not part of the norm.
+    """
+    total = None
+    for name in arch.group(gid).producers:
+        weight = model.get_submodule(name).weight.detach().to("cpu", torch.float64)
+        sq = weight.reshape(weight.shape[0], -1).pow(2).sum(dim=1)
+        norm = sq if squared else sq.sqrt()
+        total = norm if total is None else total + norm
+    return total.numpy()
+
+
+def round_width(width: float, full: int, granularity: int = 1) -> int:
+    """An integer width in [1, full]: rounded half up, then up to a multiple of ``granularity``."""
+    w = max(1, int(math.floor(width + 0.5)))
+    w = -(-w // granularity) * granularity
+    return min(w, full)
+
+
+def top_indices(scores: np.ndarray, k: int) -> list[int]:
+    """Sorted positions of the ``k`` largest scores (ties go to the lower index)."""
+    order = np.lexsort((np.arange(len(scores)), -scores))
+    return sorted(int(i) for i in order[:k])
+
+
+class ChannelRatioEnv(CompressionEnv):
+    """Keep a fraction of the channels of every channel group (AMC, He et al. 2018; TAS-style widths).
+
+    ## Description
+    The agent picks a keep ratio for each shrinkable channel group of the teacher. A group is a set of
+    tensors whose channels are tied (a residual stage and its shortcut convs, a MobileNetV2 expansion conv
+    and the depthwise conv after it): it shrinks as one layer. The student keeps, per group, the filters
+    with the largest L2 norm summed over the group's producers (``selection="norm"``, AMC) or the first
+    ones (``selection="first"``, TAS), inherits the teacher's weights for them, is trained briefly by
+    distillation and scored. With a ``budget``, AMC's action wall clips each ratio, in group order, to the
+    largest value that still lets the budget be met if every later group is pruned to ``lbound``.
+
+    ## Action Space
+    - oneshot: ``Box(-1, 1, (G,), float32)``, one entry per group (G groups, in node order).
+    - sequential: ``Box(-1, 1, (1,), float32)`` for the current group, G steps.
+    An entry a maps to the keep ratio r = lbound + (a + 1) / 2 * (1 - lbound), so a = -1 keeps ``lbound``
+    and a = 1 keeps everything; a group of width w keeps max(1, round(r * w)) channels (rounded half up,
+    then up to a multiple of the groups of any grouped conv reading it). Actions outside the box, NaN,
+    wrong shapes or non-numeric values raise ValueError.
+
+    ## Observation Space
+    - oneshot: ``Box(-10, 10, (G, 12), float32)``: per group the columns of ``GROUP_FEATURES``: AMC's
+      features of its first producer (is_conv, is_linear, depthwise follower, log2 in/out channels, log2
+      map size, stride, kernel over fixed constants, log10 of the MACs its width controls, position over
+      groups), log2(1 + producers) / 6 and the share of the teacher's MACs its width controls.
+    - sequential: ``Box(-10, 10, (15,), float32)``: the current group's 12 features plus (position in
+      [0, 1], fraction of the teacher's MACs removed by the groups decided so far, previous keep ratio).
+
+    ## Rewards
+    ``amc-acc`` when a ``budget`` is given: the accuracy, or the ``penalty`` if the budget is not met
+    (only possible when even ``lbound`` everywhere cannot meet it). ``amc-flops`` without a budget:
+    -(1 - accuracy) * log(MACs). Any reward of :mod:`netcomp.rewards` can be named with ``reward=``.
+    Invalid students (e.g. nothing pruned, so not smaller than the teacher) get the ``penalty`` (-1).
+    Sequential mode pays 0 until the last step.
+
+    ## Starting State
+    The teacher, unchanged. Episodes are independent.
+
+    ## Episode End
+    After one step (oneshot) or G steps (sequential); always ``terminated``, never truncated. The final
+    ``info`` holds the base contract plus ``raw_ratios`` (the action's ratios), ``ratios`` (after the
+    budget wall), ``widths`` (group id -> kept channels), ``budget`` (or None), ``budget_metric`` and
+    ``budget_met`` (True without a budget).
+
+    ## Arguments
+    ``gymnasium.make("netcomp/channel-ratio-resnet20-cifar10-v0", fidelity="smoke", mode="oneshot",
+    lbound=0.2, selection="norm", budget=None, budget_metric="macs", reward=None, inherit=None, ...)``.
+    ``budget`` is the fraction of the teacher's MACs (or params, ``budget_metric="params"``) the student
+    may keep, in (0, 1]. ``inherit`` defaults to "indices" ("first_k" with ``selection="first"``). Other
+    arguments: see :class:`envs.base.CompressionEnv`.
+
+    ## Version History
+    - v0: initial version.
+    """
+
+    space = "channel-ratio"
+    default_reward = "amc-flops"
+    default_inherit = "indices"
+
+    def __init__(self, arch: str = "resnet20", dataset: str = "synthetic", *, lbound: float = 0.2,
+                 selection: str = "norm", budget: float | None = None, budget_metric: str = "macs",
+                 reward: str | None = None, inherit: str | None = None, **kwargs: Any) -> None:
+        self.lbound = check_fraction("lbound", lbound)
+        if selection not in SELECTIONS:
+            raise ValueError(f"unknown selection {selection!r}; expected one of {', '.join(SELECTIONS)}")
+        if budget_metric not in BUDGET_METRICS:
+            raise ValueError(f"unknown budget_metric {budget_metric!r}; expected one of {', '.join(BUDGET_METRICS)}")
+        self.selection, self.budget_metric = selection, budget_metric
+        self.budget = None if budget is None else check_fraction("budget", budget)
+        if reward is None:
+            reward = "amc-acc" if self.budget is not None else "amc-flops"
+        if inherit is None:
+            inherit = "first_k" if selection == "first" else "indices"
+        self._raw: list[float] = []
+        super().__init__(arch, dataset, reward=reward, inherit=inherit, **kwargs)
+        self._scores = {gid: filter_norms(self.teacher.model, self.arch, gid) for gid in self.layers}
+        self._teacher_cost = self.cost.cost({}, self.budget_metric)
+
+    # ------------------------------------------------------------------ hooks
+    def _layers(self) -> tuple[str, ...]:
+        self.cost = GroupCostModel(self.arch)
+        self._full = self.cost.full.tolist()
+        self._min_widths = [self._width(self.lbound, i) for i in range(len(self.cost.gids))]
+        return self.cost.gids
+
+    def _features(self) -> np.ndarray:
+        return group_features(self.arch, self.cost)
+
+    def _oneshot_space(self) -> spaces.Space:
+        return spaces.Box(-1.0, 1.0, (len(self.layers),), np.float32)
+
+    def _step_space(self) -> spaces.Space:
+        return spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def _check_oneshot(self, action: Any) -> list[float]:
+        return [self.ratio_of(a) for a in check_box_action(action, self.action_space)]
+
+    def _check_step(self, action: Any) -> float:
+        return self.ratio_of(check_box_action(action, self.action_space)[0])
+
+    def _step_value(self, value: float, t: int) -> tuple[float, float]:
+        if t == 0:
+            self._raw = []
+        self._raw.append(value)
+        ratio = self._wall(value, t, self._values[:t])
+        widths = [self._width(r, i) for i, r in enumerate([*self._values[:t], ratio])]
+        macs = self.cost.macs(widths + self._full[t + 1:])
+        return ratio, 1.0 - macs / self.evaluator.teacher_macs
+
+    def _make_student(self, values: list[float]) -> tuple[Arch, dict[str, Any]]:
+        raw = list(self._raw) if self.mode == "sequential" else list(values)
+        ratios: list[float] = []
+        for t, value in enumerate(values):  # idempotent on ratios that already passed the wall step by step
+            ratios.append(self._wall(value, t, ratios))
+        widths = [self._width(r, i) for i, r in enumerate(ratios)]
+        met = self.budget is None or self.cost.cost(widths, self.budget_metric) <= self._allowed()
+        info = {
+            "raw_ratios": [float(r) for r in raw], "ratios": [float(r) for r in ratios],
+            "widths": dict(zip(self.layers, widths)), "budget": self.budget,
+            "budget_metric": self.budget_metric, "budget_met": bool(met),
+        }
+        return self.student_for(widths), info
+
+    # ------------------------------------------------------------------ public helpers
+    def ratio_of(self, a: float) -> float:
+        """The keep ratio in [lbound, 1] of an action entry in [-1, 1]."""
+        return float(self.lbound + (float(a) + 1.0) / 2.0 * (1.0 - self.lbound))
+
+    def student_for(self, widths: list[int]) -> Arch:
+        """The student keeping ``widths[i]`` channels of group i, chosen by this env's ``selection``."""
+        changed = {gid: w for gid, w, full in zip(self.layers, widths, self._full) if w < full}
+        if self.selection == "first":
+            return set_widths(self.arch, changed)
+        return keep_channels(self.arch, {gid: self.kept_indices(gid, w) for gid, w in changed.items()})
+
+    def kept_indices(self, gid: str, width: int) -> list[int]:
+        """The ``width`` channels of group ``gid`` with the largest summed filter L2 norm, sorted.
+
+        A group produced by grouped convs keeps the same number of channels in every conv group.
+        """
+        scores = self._scores[gid]
+        blocks = max(self.arch.node(p).groups for p in self.arch.group(gid).producers)
+        if blocks == 1:
+            return top_indices(scores, width)
+        step, per = len(scores) // blocks, width // blocks
+        return [b * step + i for b in range(blocks) for i in top_indices(scores[b * step:(b + 1) * step], per)]
+
+    # ------------------------------------------------------------------ budget wall
+    def _width(self, ratio: float, i: int) -> int:
+        return round_width(ratio * self._full[i], self._full[i], self.cost.granularity[i])
+
+    def _allowed(self) -> float:
+        return float(self.budget) * self._teacher_cost
+
+    def _wall(self, ratio: float, t: int, decided: list[float]) -> float:
+        """AMC's action wall: the largest ratio <= ``ratio`` for group t that keeps the budget reachable.
+
+        Earlier groups take their decided ratios and later ones ``lbound``; if even ``lbound`` for group t
+        cannot meet the budget the ratio becomes ``lbound`` (the episode then reports budget_met=False).
+        """
+        if self.budget is None:
+            return ratio
+        head = [self._width(r, i) for i, r in enumerate(decided)]
+        tail = self._min_widths[t + 1:]
+        allowed = self._allowed()
+
+        def fits(width: int) -> bool:
+            return self.cost.cost([*head, width, *tail], self.budget_metric) <= allowed
+
+        wanted, lowest = self._width(ratio, t), self._min_widths[t]
+        if fits(wanted):
+            return ratio
+        if not fits(lowest):
+            return self.lbound
+        step = self.cost.granularity[t]
+        lo, hi = 0, (wanted - lowest) // step  # fits(lowest + lo * step) holds, fits(wanted) does not
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(lowest + mid * step) else (lo, mid)
+        return min(ratio, (lowest + lo * step) / self._full[t])
+
+
+def check_fraction(name: str, value: Any) -> float:
+    """A number in (0, 1], or ValueError naming the argument."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}") from None
+    if not (math.isfinite(x) and 0.0 < x <= 1.0) or isinstance(value, bool):
+        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
+    return x
