@@ -1,10 +1,12 @@
 """Real-data check of the removal environment on Fashion-MNIST (CPU friendly, `fast` fidelity).
 
 Trains (or loads from the cache) a ResNet-20 teacher on real Fashion-MNIST with the `fast` recipe, then
-scores three students through the removal environment, N2N style (re-initialised, short KD):
-- removing nothing (the teacher's architecture, retrained by KD: about the teacher's accuracy),
+scores three students through the removal environment:
+- removing nothing (the teacher's architecture),
 - removing every other removable layer (about half of them),
-- removing all removable layers of the last stage.
+- removing all removable layers of the last stage,
+each twice: with inherited weights (``inherit="first_k"``: removing nothing keeps the teacher, so it scores
+about the teacher's accuracy) and N2N style (re-initialised, then the short KD of the fidelity).
 Prints accuracy, compression and reward for each. Usage: ``python -m benchmarks.removal_fashion [--arch A]``.
 """
 
@@ -35,7 +37,9 @@ def main() -> None:
     parser.add_argument("--fidelity", default="fast")
     args = parser.parse_args()
     start = time.perf_counter()
-    env = RemovalEnv(arch=args.arch, dataset="fashionmnist", fidelity=args.fidelity, require_smaller=False)
+    envs = {mode: RemovalEnv(arch=args.arch, dataset="fashionmnist", fidelity=args.fidelity,
+                             require_smaller=False, inherit=mode) for mode in ("first_k", "reinit")}
+    env = envs["first_k"]
     teacher = env.teacher.meta
     print(f"teacher {args.arch} on Fashion-MNIST ({teacher['recipe']} recipe): val acc {teacher['val_accuracy']:.4f} "
           f"(on the {env.fidelity.train.eval_max or 'all'} scoring images: {env.evaluator.teacher_accuracy:.4f}), "
@@ -45,11 +49,13 @@ def main() -> None:
     last_stage = [n for n in removable if env.arch.node(n).stage == last]
     cases = {"remove nothing": [], "remove every other removable layer": removable[::2],
              "remove the last stage's removable layers": last_stage}
-    print(f"\n{'case':<42} {'removed':>7} {'val acc':>8} {'compr.':>7} {'params':>9} {'reward':>8} {'s':>6}")
-    for name, remove in cases.items():
-        r = score(env, remove)
-        print(f"{name:<42} {r['removed']:>7} {r['accuracy']:>8.4f} {r['compression']:>7.3f} {r['params']:>9,} "
-              f"{r['reward']:>8.4f} {r['seconds']:>6.1f}")
+    print(f"\n{'case':<42} {'weights':<9} {'removed':>7} {'val acc':>8} {'compr.':>7} {'params':>9} "
+          f"{'reward':>8} {'s':>6}")
+    for mode, scored_env in envs.items():
+        for name, remove in cases.items():
+            r = score(scored_env, remove)
+            print(f"{name:<42} {mode:<9} {r['removed']:>7} {r['accuracy']:>8.4f} {r['compression']:>7.3f} "
+                  f"{r['params']:>9,} {r['reward']:>8.4f} {r['seconds']:>6.1f}")
 
 
 if __name__ == "__main__":

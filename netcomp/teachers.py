@@ -9,6 +9,7 @@ Cached teachers live under ``$NETCOMP_HOME/teachers`` (default ``~/.cache/netcom
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 import time
@@ -80,10 +81,12 @@ def data_fingerprint(dataset: Dataset) -> str:
 
 
 def teacher_path(arch_name: str, dataset: Dataset, recipe: str, seed: int, home: Path | None = None) -> Path:
-    """Cache file of a teacher for this arch, data (fingerprinted), recipe name and seed."""
+    """Cache file of a teacher for this arch, data (fingerprinted), recipe (name and content) and seed."""
     if not isinstance(recipe, str):
         raise TypeError(f"cached teachers are keyed by a recipe name from configs/teachers.yaml, got {recipe!r}")
-    name = f"{arch_name}-{dataset.name}-{data_fingerprint(dataset)}-{recipe}-s{seed}.pt"
+    # the recipe's content is hashed too: editing configs/teachers.yaml must not reuse a stale teacher
+    content = hashlib.sha1(json.dumps(load_recipe(recipe)[1].to_dict(), sort_keys=True).encode()).hexdigest()[:6]
+    name = f"{arch_name}-{dataset.name}-{data_fingerprint(dataset)}-{recipe}{content}-s{seed}.pt"
     return (home or netcomp_home()) / "teachers" / name
 
 

@@ -300,3 +300,15 @@ def test_cache_name_tells_apart_image_sizes_and_data_and_rejects_dict_recipes(tm
         "lenet5", load_dataset("synthetic", image_size=16, **sizes), "fast", 0, tmp_path)
     with pytest.raises(TypeError, match="recipe name"):
         teacher_path("lenet5", small, {"loss": "ce"}, 0, tmp_path)
+
+
+def test_cache_name_follows_the_recipe_content(tmp_path, monkeypatch):
+    from netcomp import teachers
+    from netcomp.data import load_dataset
+
+    data = load_dataset("synthetic", image_size=16, train_size=64, val_size=16, test_size=16)
+    before = teachers.teacher_path("lenet5", data, "fast", 0, tmp_path)
+    recipes = teachers.load_yaml("teachers.yaml")
+    recipes["fast"] = {**recipes["fast"], "epochs": 7}
+    monkeypatch.setattr(teachers, "load_yaml", lambda name: recipes)
+    assert teachers.teacher_path("lenet5", data, "fast", 0, tmp_path) != before
