@@ -117,3 +117,21 @@ def test_resume_after_sigkill_loses_nothing_and_ends_at_the_budget(tiny_config, 
     keys = [r["arch_key"] for r in after if not r["cached"]]
     assert len(keys) == len(set(keys))                                         # no student trained twice
     assert json.loads((killed / "summary.json").read_text())["resumed"] is True
+
+
+def test_n2n_runs_both_stages_through_the_cli_and_transfers_to_a_deeper_teacher(tiny_config, tmp_path):
+    small = tmp_path / "r20"
+    assert run("--env", "removal-resnet20-synthetic", "--agent", "n2n", "--budget", 6, "--config", tiny_config,
+               "--out", small) == 0
+    records = read_records(small / "evaluations.jsonl")
+    assert [r["space"] for r in records] == ["removal"] * 3 + ["shrinkage"] * 3     # stage 1, then stage 2
+    summary = json.loads((small / "summary.json").read_text())
+    assert summary["best_student"]["test_accuracy"] is not None                    # the final fine-tune
+    assert (small / "policy.pt").exists() and (small / "best_student.pt").exists()
+
+    big = tmp_path / "r56"
+    assert run("--env", "removal-resnet56-synthetic", "--agent", "n2n", "--budget", 2, "--config", tiny_config,
+               "--load-policy", small / "policy.pt", "--out", big) == 0
+    summary = json.loads((big / "summary.json").read_text())
+    assert summary["notes"]["transferred_from"] == str(small / "policy.pt")
+    assert len(read_records(big / "evaluations.jsonl")) == 2
