@@ -2,11 +2,10 @@
 
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env as gym_check_env
-from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from envs.shrinkage import N2N_LOOKUP, ShrinkageEnv
 from netcomp.rewards import n2n_reward
+from tests.envcheck import run_checkers
 
 
 def make(tiny, **kw):
@@ -16,9 +15,7 @@ def make(tiny, **kw):
 @pytest.mark.parametrize("mode", ["oneshot", "sequential"])
 def test_checkers_pass(tiny, mode, recwarn):
     env = make(tiny, mode=mode, render_mode="ansi")
-    gym_check_env(env)
-    sb3_check_env(env, warn=True)
-    assert not [w for w in recwarn if "space" in str(w.message).lower()]
+    run_checkers(env, recwarn)
 
 
 def test_widths_follow_the_lookup_with_the_minimum_width(tiny):
