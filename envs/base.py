@@ -10,6 +10,7 @@ space has the same episode contract (DESIGN.md section 3).
 from __future__ import annotations
 
 import functools
+import multiprocessing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -82,7 +83,7 @@ class CompressionEnv(gym.Env):
         self.reward_name = reward or self.default_reward
         compute_reward(self.reward_name, {"valid": False})  # validates the name early
         self.fidelity: Fidelity = load_fidelity(fidelity, self.space)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(device or default_device())
         ds = _cached_dataset(dataset, data_root, download, tuple(sorted((dataset_kwargs or {}).items())))
         self.teacher = self._resolve_teacher(teacher, arch, ds, teacher_seed, home)
         self.arch: Arch = self.teacher.arch
@@ -259,6 +260,20 @@ class CompressionEnv(gym.Env):
     def student_cost(self, student: Arch) -> tuple[int, int]:
         """(params, MACs) of a student."""
         return count_params(student), count_macs(student)
+
+
+def default_device() -> str:
+    """The device an env uses when none is given: CPU without CUDA; with several GPUs, one per worker.
+
+    Vector-env workers (gymnasium's AsyncVectorEnv, SB3's SubprocVecEnv) are child processes numbered
+    1, 2, ... by multiprocessing; worker k takes GPU (k - 1) mod n, so n workers spread over n GPUs.
+    The main process takes GPU 0.
+    """
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        return "cpu"
+    identity = multiprocessing.current_process()._identity
+    return f"cuda:{(identity[0] - 1) % count}" if identity else "cuda:0"
 
 
 def _check_choice(what: str, value: Any, valid: tuple) -> None:

@@ -149,3 +149,23 @@ def test_random_actions_never_crash_and_always_end_cleanly(space):
         assert terminated and isinstance(reward, float)
         assert info["valid"] or info["invalid_reason"]
     assert checked >= 1000
+
+
+def test_default_device_spreads_vector_workers_over_gpus(monkeypatch):
+    import multiprocessing
+
+    import torch
+
+    from envs.base import default_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_device() == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    process = multiprocessing.current_process()
+    assert default_device() == "cuda:0"                      # the main process
+    devices = []
+    for k in (1, 2, 3):                                       # workers 1, 2, 3 as multiprocessing numbers them
+        monkeypatch.setattr(process, "_identity", (k,))
+        devices.append(default_device())
+    assert devices == ["cuda:0", "cuda:1", "cuda:0"]
