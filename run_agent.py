@@ -190,9 +190,7 @@ def write_plots(records: list[dict], run_dir: Path) -> None:
 
 def save_best_student(env: Any, records: list[dict], run_dir: Path) -> dict | None:
     """Retrain the best valid student at the run's fidelity and save weights plus its spec."""
-    from netcomp.arch import arch_to_dict
-    from netcomp.distill import evaluate, train_model
-    from netcomp.surgery import build_module, inherit_weights
+    from netcomp.surgery import save_student
 
     valid = [r for r in records if r["valid"] and r.get("space") == env.unwrapped.space]
     if not valid:
@@ -200,29 +198,10 @@ def save_best_student(env: Any, records: list[dict], run_dir: Path) -> dict | No
     best = max(valid, key=lambda r: r["reward"])
     base = env.unwrapped
     arch = base.student_for(best["action"])
-    ev = base.evaluator
-    torch.manual_seed(base.train_seed)
-    model = build_module(arch)
-    inherit_weights(model, arch, ev.teacher.model, ev.teacher.arch, mode=ev.inherit)
-    model = model.to(ev.device)
-    train_model(model, ev.dataset, ev.fidelity.train, teacher=ev.teacher_model, device=ev.device, seed=base.train_seed)
-    test_acc, _ = evaluate(model, ev.dataset.test, ev.dataset, device=ev.device)
-    meta = {"index": best["index"], "reward": best["reward"], "val_accuracy": best["accuracy"],
-            "test_accuracy": test_acc, "params": best["params"], "macs": best["macs"]}
-    torch.save({"arch": arch_to_dict(arch), "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                "meta": meta}, run_dir / "best_student.pt")
+    model, report = base.evaluator.train_final(arch, seed=base.train_seed)
+    meta = {"index": best["index"], "reward": best["reward"], "search_val_accuracy": best["accuracy"], **report}
+    save_student(run_dir / "best_student.pt", arch, model, meta)
     return meta
-
-
-def load_student(path: str | Path) -> tuple[torch.nn.Module, dict]:
-    """A saved best student: (module with its weights, metadata)."""
-    from netcomp.arch import arch_from_dict
-    from netcomp.surgery import build_module
-
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    model = build_module(arch_from_dict(blob["arch"]))
-    model.load_state_dict(blob["state_dict"])
-    return model, blob["meta"]
 
 
 # ---------------------------------------------------------------------------- main

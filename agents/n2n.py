@@ -41,9 +41,8 @@ from torch import nn
 from agents.base import Agent, Recorder
 from envs.shrinkage import N2N_LOOKUP
 from netcomp.arch import Arch, arch_from_dict, arch_to_dict
-from netcomp.distill import LOSSES, OPTIMIZERS, SCHEDULES, TrainConfig, evaluate, train_model
-from netcomp.metrics import count_macs, count_params
-from netcomp.surgery import build_module, inherit_weights
+from netcomp.distill import LOSSES, OPTIMIZERS, SCHEDULES, TrainConfig
+from netcomp.surgery import save_student
 
 #: Order of the pipeline's stages; ``state()["stage"]`` is one of them.
 STAGES = ("removal", "shrinkage", "finetune", "done")
@@ -572,30 +571,14 @@ class N2NAgent(Agent):
         ev = self.env.unwrapped.evaluator
         arch = arch_from_dict(self.best["arch"])
         config = self.finetune_config()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            model = build_module(arch)
-            inherit_weights(model, arch, ev.teacher.model, ev.teacher.arch, mode=ev.inherit)
-            result = train_model(model.to(ev.device), ev.dataset, config, teacher=ev.teacher_model,
-                                 device=ev.device, seed=self.seed)
-        test_acc = evaluate(model, ev.dataset.test, ev.dataset, device=ev.device)[0] if result.valid else 0.0
-        teacher_test = evaluate(ev.teacher_model, ev.dataset.test, ev.dataset, device=ev.device)[0]
-        params = count_params(arch)
-        final = {
-            "valid": bool(result.valid), "invalid_reason": result.invalid_reason,
-            "test_accuracy": float(test_acc), "teacher_test_accuracy": float(teacher_test),
-            "val_accuracy": float(result.accuracy), "params": int(params), "teacher_params": int(ev.teacher_params),
-            "macs": int(count_macs(arch)), "compression": 1.0 - params / ev.teacher_params,
-            "stage": self.best["stage"], "search_reward": self.best["reward"], "arch_key": self.best["arch_key"],
-            "finetune": config.to_dict(), "seconds": float(result.seconds),
-        }
+        model, report = ev.train_final(arch, config, seed=self.seed)
+        final = {**report, "stage": self.best["stage"], "search_reward": self.best["reward"],
+                 "arch_key": self.best["arch_key"], "finetune": config.to_dict()}
         if self.run_dir is not None:
             path = Path(self.run_dir) / "best_student.pt"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
             meta = {**final, "teacher": {k: ev.teacher.meta.get(k) for k in ("arch", "dataset", "recipe", "seed")},
                     "agent": self.name}
-            torch.save({"arch": self.best["arch"], "state_dict": state_dict, "meta": meta}, path)
+            save_student(path, arch, model, meta)
             final["path"] = str(path)
         final["arch"] = self.best["arch"]
         self.notes["final"] = final

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from netcomp.arch import Arch, arch_key
 from netcomp.data import Dataset
-from netcomp.distill import TrainConfig, evaluate, train_students
+from netcomp.distill import TrainConfig, evaluate, train_model, train_students
 from netcomp.metrics import count_macs, count_params
 from netcomp.surgery import INHERIT_MODES, build_module, inherit_weights, student_problem
 from netcomp.teachers import Teacher, load_yaml
@@ -199,6 +200,32 @@ class Evaluator:
                 extra={"best_epoch": out.best_epoch, "steps": out.steps},
             ))
         return results
+
+
+    def train_final(self, student: Arch, config: TrainConfig | None = None,
+                    seed: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
+        """Train a student to keep, not just to score: build it, inherit as the evaluator does, distil it
+        with ``config`` (default: the fidelity's) and report validation and test accuracy beside the
+        teacher's test accuracy. The global torch RNG is left as it was."""
+        config = config or self.fidelity.train
+        seed = self.seed if seed is None else seed
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = build_module(student)
+            inherit_weights(model, student, self.teacher.model, self.teacher.arch, mode=self.inherit)
+            result = train_model(model.to(self.device), self.dataset, config, teacher=self.teacher_model,
+                                 device=self.device, seed=seed)
+        test_acc = evaluate(model, self.dataset.test, self.dataset, device=self.device)[0] if result.valid else 0.0
+        teacher_test = evaluate(self.teacher_model, self.dataset.test, self.dataset, device=self.device)[0]
+        params = count_params(student)
+        report = {
+            "valid": bool(result.valid), "invalid_reason": result.invalid_reason,
+            "val_accuracy": float(result.accuracy), "test_accuracy": float(test_acc),
+            "teacher_test_accuracy": float(teacher_test), "params": int(params),
+            "teacher_params": int(self.teacher_params), "macs": int(count_macs(student)),
+            "compression": 1.0 - params / self.teacher_params, "seconds": float(result.seconds),
+        }
+        return model, report
 
 
 def _as_cached(result: EvalResult) -> EvalResult:

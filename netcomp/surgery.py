@@ -12,11 +12,13 @@ from __future__ import annotations
 import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import fx, nn
 
-from netcomp.arch import LAYER_OPS, Arch, ArchError, Node, drop_identities
+from netcomp.arch import LAYER_OPS, Arch, ArchError, Node, arch_from_dict, arch_to_dict, drop_identities
 from netcomp.metrics import count_params
 
 INHERIT_MODES = ("reinit", "first_k", "indices")
@@ -285,6 +287,23 @@ def build_module(arch: Arch) -> fx.GraphModule:
     graph.output(env[arch.nodes[-1].name])
     name = "".join(p.capitalize() for p in (arch.family or "student").split("_")) or "Student"
     return fx.GraphModule(root, graph, class_name=name)
+
+
+def save_student(path: str | Path, arch: Arch, module: nn.Module, meta: Mapping[str, Any]) -> None:
+    """Write a student as {arch (plain data), state_dict, meta}: rebuildable and loadable with weights_only."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    torch.save({"arch": arch_to_dict(arch), "state_dict": state, "meta": dict(meta)}, path)
+
+
+def load_student(path: str | Path) -> tuple[fx.GraphModule, Arch, dict]:
+    """A saved student: (module with its weights, its architecture, its metadata)."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    arch = arch_from_dict(blob["arch"])
+    module = build_module(arch)
+    module.load_state_dict(blob["state_dict"])
+    return module, arch, blob["meta"]
 
 
 # ---------------------------------------------------------------------------- weight inheritance

@@ -72,3 +72,22 @@ def test_fidelity_presets_and_errors():
         load_fidelity("x")
     with pytest.raises(ValueError, match="unknown fidelity keys"):
         load_fidelity({"epochs": 2})
+
+
+def test_train_final_reports_test_accuracy_and_the_student_round_trips(setup, tmp_path):
+    import torch
+
+    from netcomp.surgery import load_student, save_student
+
+    data, teacher = setup
+    ev = Evaluator(teacher, data, load_fidelity("smoke"), inherit="indices")
+    student = set_widths(teacher.arch, {"layer3.0.conv1": 20})
+    rng_before = torch.get_rng_state()
+    model, report = ev.train_final(student, seed=3)
+    assert torch.equal(torch.get_rng_state(), rng_before)                  # the global RNG is untouched
+    assert report["test_accuracy"] == evaluate(model, data.test, data)[0]
+    assert report["params"] == sum(p.numel() for p in model.parameters()) < report["teacher_params"]
+    save_student(tmp_path / "s.pt", student, model, report)
+    loaded, arch, meta = load_student(tmp_path / "s.pt")
+    assert arch == student and meta == report
+    assert evaluate(loaded, data.test, data)[0] == report["test_accuracy"]

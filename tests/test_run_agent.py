@@ -14,6 +14,7 @@ import yaml
 
 import run_agent
 from agents.base import read_records
+from netcomp.surgery import load_student
 from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +46,7 @@ def test_agents_run_end_to_end_and_fill_the_run_directory(agent, tiny_config, tm
     assert (out / "reward.png").exists() and (out / "accuracy_vs_params.png").exists()
     assert any((out / "tb").iterdir())
     if any(r["valid"] for r in records):
-        model, meta = run_agent.load_student(out / "best_student.pt")
+        model, _, meta = load_student(out / "best_student.pt")
         out_shape = model(torch.randn(2, 3, TINY["image_size"], TINY["image_size"])).shape
         assert out_shape == (2, 10) and meta["params"] == sum(p.numel() for p in model.parameters())
 
