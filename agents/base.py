@@ -26,8 +26,6 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-KINDS = ("policy", "blackbox", "whitebox")
-
 
 class BudgetExhausted(RuntimeError):
     """Raised when an agent asks for an evaluation after the budget is spent."""
@@ -164,18 +162,6 @@ def read_records(path: Path) -> list[dict]:
     return records
 
 
-def rollout(env: gym.Env, policy: Callable[[np.ndarray], Any]) -> tuple[float, dict, list[Any]]:
-    """Run one episode with ``policy(obs) -> action``; return (final reward, final info, actions)."""
-    obs, _ = env.reset()
-    actions = []
-    while True:
-        action = policy(obs)
-        actions.append(action)
-        obs, reward, terminated, truncated, info = env.step(action)
-        if terminated or truncated:
-            return float(reward), info, actions
-
-
 class Agent(ABC):
     """Base of every agent: its hyper-parameters are one dataclass (``Config``), its state saves and loads.
 
@@ -247,14 +233,3 @@ def check_compatible(agent: type[Agent], space: str, mode: str) -> None:
                          f"{', '.join(agent.spaces)}")
     if mode not in agent.modes:
         raise ValueError(f"agent {agent.name!r} does not support mode {mode!r}; it supports {', '.join(agent.modes)}")
-
-
-@dataclass
-class AgentInfo:
-    """What ``run_agent.py --list`` shows about an agent."""
-
-    name: str
-    kind: str
-    spaces: tuple[str, ...]
-    modes: tuple[str, ...]
-    doc: str = field(default="")
