@@ -173,6 +173,24 @@ class Arch:
                 return g
         raise KeyError(f"no channel group {gid!r}; groups are {[g.gid for g in self.groups]}")
 
+    @cached_property
+    def removal_breaks(self) -> frozenset[str]:
+        """Layers whose removal on its own leaves a network whose shapes do not work.
+
+        A width-changing 1x1 conv inside a residual block (the add would join two widths), a pool whose
+        removal makes the classifier wider than LINEAR_THRESHOLD, ... Only layers whose output shape differs
+        from their input's can break anything, so only those are tried (computed once per architecture).
+        """
+        out = set()
+        for name in self.layers:
+            if self.in_shape(name) == self.shapes[name]:
+                continue
+            try:
+                infer_shapes(without_layers(self, [name]))
+            except ArchError:
+                out.add(name)
+        return frozenset(out)
+
     def with_nodes(self, nodes: Iterable[Node]) -> Arch:
         """A copy with other nodes (derived caches are recomputed lazily)."""
         return replace(self, nodes=tuple(nodes))
@@ -321,16 +339,22 @@ def removable_layers(arch: Arch, rule: str = "n2n") -> tuple[str, ...]:
 
     - ``n2n``: N2N stage 1: everything but the first and last layer, strided convs, linears, average
       pools and projection-shortcut layers (N2N never acts on shortcuts). Removing a stride-1 conv that
-      changes width is allowed: the next layer is fitted to the incoming width.
+      changes width is allowed when the next layers can be fitted to the incoming width.
     - ``esnac``: ESNAC: layers whose input and output shapes are equal (BN, ReLU, same-width stride-1
       convs, shortcut BNs), never the first or last layer.
+
+    Under both rules a layer is listed only if removing it alone leaves a network whose shapes work
+    (:attr:`Arch.removal_breaks`): e.g. MobileNetV2's width-changing 1x1 convs inside residual blocks are
+    not removable, since the block's add would join two different widths.
     """
     layers = arch.layers
     first, last = layers[0], layers[-1]
+    if rule not in ("n2n", "esnac"):
+        raise ValueError(f"unknown removal rule {rule!r}; expected 'n2n' or 'esnac'")
     out = []
     for name in layers:
         node = arch.node(name)
-        if name in (first, last):
+        if name in (first, last) or name in arch.removal_breaks:
             continue
         if rule == "n2n":
             fixed = (
@@ -338,13 +362,21 @@ def removable_layers(arch: Arch, rule: str = "n2n") -> tuple[str, ...]:
                 or node.op in ("linear", "avgpool", "gap")
                 or node.role == "shortcut"
             )
-        elif rule == "esnac":
-            fixed = arch.in_shape(name) != arch.shapes[name] or node.op in ("linear", "gap")
         else:
-            raise ValueError(f"unknown removal rule {rule!r}; expected 'n2n' or 'esnac'")
+            fixed = arch.in_shape(name) != arch.shapes[name] or node.op in ("linear", "gap")
         if not fixed:
             out.append(name)
     return tuple(out)
+
+
+def without_layers(arch: Arch, names: Iterable[str]) -> Arch:
+    """The raw removal transform: each named node becomes the identity and its consumers read its input.
+
+    No checks (see :func:`netcomp.surgery.remove_layers`, which validates the names); shapes are inferred
+    lazily, so an unworkable result raises ArchError only when its shapes are asked for.
+    """
+    names = set(names)
+    return drop_identities(arch.with_nodes(replace(n, op="identity") if n.name in names else n for n in arch.nodes))
 
 
 # ---------------------------------------------------------------------------- descriptors
@@ -426,13 +458,27 @@ AMC_FEATURES = ("is_conv", "is_linear", "depthwise", "log_in", "log_out", "log_s
                 "log_macs", "position")
 
 
+def node_macs(arch: Arch, name: str) -> int:
+    """Multiply-accumulates of one node for one image (conv and linear only; BN, ReLU, pools, adds are free).
+
+    Lives with the IR (not in :mod:`netcomp.metrics`, which re-exports it) because the agents' per-layer
+    features need it and metrics builds on this module.
+    """
+    node = arch.node(name)
+    out = arch.shapes[name]
+    if node.op == "conv":
+        cin = arch.in_shape(name)[0]
+        return out[0] * (cin // arch.conv_groups(node)) * node.kernel**2 * out[1] * out[2]
+    if node.op == "linear":
+        return out[0] * arch.in_shape(name)[0]
+    return 0
+
+
 def amc_features(arch: Arch) -> np.ndarray:
     """AMC-style static feature row per prunable layer (conv/linear), scaled by fixed constants.
 
     Columns are AMC_FEATURES; environments append running context (reduced so far, previous action).
     """
-    from netcomp.metrics import node_macs  # metrics builds on the IR; import here to avoid a cycle
-
     names = prunable_layers(arch)
     sc = FEATURE_SCALE
     rows = []

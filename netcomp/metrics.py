@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from netcomp.arch import Arch, Node
+from netcomp.arch import Arch, Node, node_macs  # node_macs lives with the IR (its features need it)
 
 
 def node_params(arch: Arch, name: str) -> int:
@@ -31,18 +31,6 @@ def node_params(arch: Arch, name: str) -> int:
         return cout * cin + (cout if node.bias else 0)
     if node.op == "bn":
         return 2 * cout
-    return 0
-
-
-def node_macs(arch: Arch, name: str) -> int:
-    """Multiply-accumulates of one node for one image (conv and linear only)."""
-    node = arch.node(name)
-    out = arch.shapes[name]
-    if node.op == "conv":
-        cin = arch.in_shape(name)[0]
-        return out[0] * (cin // arch.conv_groups(node)) * node.kernel**2 * out[1] * out[2]
-    if node.op == "linear":
-        return out[0] * arch.in_shape(name)[0]
     return 0
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from netcomp.arch import LAYER_OPS, Arch, ArchError, Node, arch_from_dict, arch_to_dict, drop_identities
+from netcomp.arch import LAYER_OPS, Arch, ArchError, Node, arch_from_dict, arch_to_dict, without_layers
 from netcomp.metrics import count_params
 
 INHERIT_MODES = ("reinit", "first_k", "indices")
@@ -41,8 +41,7 @@ def remove_layers(arch: Arch, names: Iterable[str]) -> Arch:
     """
     names = set(names)
     _check_names(arch, names, "remove_layers", LAYER_OPS)
-    nodes = [replace(n, op="identity") if n.name in names else n for n in arch.nodes]
-    return drop_identities(arch.with_nodes(nodes))
+    return without_layers(arch, names)
 
 
 def _producer_groups(arch: Arch, keys: Iterable[str], what: str) -> dict[str, str]:

@@ -6,8 +6,12 @@ Definitions follow the CIFAR models the reference methods used:
 - ``resnet20/32/56/110``: CIFAR ResNet (16/32/64, 3 stages of n blocks). Shortcut convention: projection
   ("option B": 1x1 conv stride 2 + BN) when width changes, as in TAS/DeepHoyer. LeGR's zero-padding
   ("option A") has no parameters, so these models are a few thousand parameters larger than option A.
-- ``vgg11/16/19``: VGG with BN, 3x3 convs (with bias) and max pools, one linear classifier (ESNAC/N2N CIFAR
-  VGG). Images smaller than 32 drop the last max pools that would collapse the map.
+- ``vgg11/16/19``: VGG with BN, 3x3 convs (with bias) and max pools, one linear classifier reading the
+  flattened last feature map, with no global pool (N2N's and pytorch-classification's CIFAR VGG). At 32x32
+  the map is 512x1x1, so the classifier has 512 inputs; removing a max pool multiplies them (512x2x2, ...)
+  and removing all five gives 512x32x32 inputs, over N2N's LINEAR_THRESHOLD (an invalid student). Images
+  smaller than 32 drop the last max pools that would collapse the map (28x28 keeps four: 28->14->7->3->1);
+  larger images keep all five and flatten a larger map (64x64: 512x2x2).
 - ``mobilenetv2``: CIFAR MobileNetV2 (stem and the 24-channel stage at stride 1), 1x1-conv+BN shortcut in
   stride-1 blocks whose width changes, 1280-wide head.
 - ``shufflenet``: ShuffleNet v1 CIFAR variant (groups 2, widths 200/400/800, blocks 4/8/4); stride-2 units
@@ -15,7 +19,9 @@ Definitions follow the CIFAR models the reference methods used:
 - ``lenet5``: conv 6@5x5, max pool, conv 16@5x5, max pool, 120, 84, classes (ReLU). For 28x28 inputs the
   first conv pads by 2 (the usual MNIST variant), so both sizes give the classic 16x5x5 feature map.
 
-Heads use a global average pool, so every family works at any image size its downsampling allows.
+Heads: ResNet, MobileNetV2 and ShuffleNet use a global average pool before their linear classifier, so
+they work at any image size their downsampling allows with the same classifier. VGG and LeNet-5 flatten
+their last feature map into the classifier (as their references do), so its width follows the image size.
 """
 
 from __future__ import annotations
@@ -49,8 +55,10 @@ class _Builder:
             x = self.add(f"{prefix}{act}", "relu", (x,), role)
         return x
 
-    def head(self, x: str, num_classes: int) -> None:
-        x = self.add("pool", "gap", (x,))
+    def head(self, x: str, num_classes: int, gap: bool = True) -> None:
+        """Classifier: (global average pool,) flatten, one linear layer."""
+        if gap:
+            x = self.add("pool", "gap", (x,))
         x = self.add("flatten", "flatten", (x,))
         self.add("fc", "linear", (x,), out_channels=num_classes, bias=True)
 
@@ -110,7 +118,9 @@ def _vgg(cfg: tuple) -> Callable[[int, int, int], Arch]:
                 continue
             conv_i += 1
             x = b.conv_bn(f"features.{conv_i}.", x, v, 3, 1, 1, bias=True)
-        b.head(x, num_classes)
+        # The reference head: the last map is flattened straight into the classifier (no global pool), so
+        # removing a max pool widens the linear layer (and can push it past LINEAR_THRESHOLD).
+        b.head(x, num_classes, gap=False)
         return Arch(tuple(b.nodes), in_channels, image_size, num_classes)
     return build
 

@@ -165,3 +165,47 @@ def test_arch_round_trips_through_plain_data():
     assert again == student and arch_key(again, True) == arch_key(student, True)
     with pytest.raises(ArchError, match="not an architecture"):
         arch_from_dict({"nodes": [{"nope": 1}]})
+
+
+# ---------------------------------------------------------------------------- removal gives a working network
+@pytest.mark.parametrize("name", ["mobilenetv2", "resnet20", "vgg11", "shufflenet", "lenet5"])
+@pytest.mark.parametrize("rule", ["n2n", "esnac"])
+def test_every_removable_layer_removed_alone_gives_working_shapes(name, rule):
+    arch = build_arch(name)
+    for layer in removable_layers(arch, rule):
+        remove_layers(arch, [layer]).shapes  # noqa: B018  (raises ArchError if the student cannot work)
+
+
+def test_mobilenetv2_residual_width_changing_convs_are_not_removable():
+    arch = build_arch("mobilenetv2")
+    removable = set(removable_layers(arch, "n2n"))
+    # layers.4: stride 1, identity shortcut (32 -> 32): without conv3 the add would join 192 and 32 channels
+    assert arch.node("layers.4.add").inputs[1] == "layers.3.bn3"
+    for conv3 in ("layers.4.conv3", "layers.1.conv3", "layers.3.conv3", "layers.16.conv3"):
+        assert conv3 not in removable
+        with pytest.raises(ArchError, match="add"):
+            remove_layers(arch, [conv3]).shapes  # noqa: B018
+    # the expansion conv can go: the depthwise conv and conv3 are fitted to the block's input width
+    assert "layers.4.conv1" in removable and "layers.4.bn3" in removable
+    assert remove_layers(arch, ["layers.4.conv1"]).shapes["layers.4.conv2"][0] == 32
+    assert arch.removal_breaks is arch.removal_breaks  # computed once per architecture
+
+
+def test_removal_rule_drops_pools_whose_removal_makes_the_classifier_too_wide():
+    small = build_arch("vgg11")            # 32x32: without one pool the classifier reads 512x2x2: fine
+    assert "features.pool1" in removable_layers(small, "n2n")
+    large = build_arch("vgg11", 3, 256, 10)  # 256x256: without pool1 the classifier would read 512x16x16
+    assert large.in_shape("fc") == (512 * 8 * 8,)
+    assert "features.pool1" not in removable_layers(large, "n2n")
+    assert "features.pool1" in large.removal_breaks
+
+
+def test_channel_groups_stop_at_a_flatten_of_a_larger_map():
+    teacher = build_arch("vgg11")                                    # 512x1x1: flatten passes channels through
+    assert teacher.group_of["flatten"] == teacher.group_of["features.8.conv"]
+    student = remove_layers(teacher, ["features.pool5"])              # 512x2x2: flatten mixes channels and space
+    group = student.group(student.group_of["features.8.conv"])
+    assert group.shrinkable and group.producers == ("features.8.conv",)
+    assert "features.8.relu" in group.members and "flatten" not in group.members
+    flat = student.group(student.group_of["flatten"])
+    assert not flat.shrinkable and flat.width == 2048

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from netcomp.arch import removable_layers
+from netcomp.arch import ArchError, removable_layers
 from netcomp.metrics import count_params, node_params
 from netcomp.surgery import (
     add_skips,
@@ -47,7 +47,7 @@ def test_removing_every_other_removable_layer_gives_a_runnable_smaller_student(n
         assert run(student).shape == (2, 10)
         assert count_params(student) < count_params(teacher)
     else:  # a removal may break an add or grow a linear layer: reported, never raised
-        assert any(word in reason for word in ("add", "concat", "not fewer"))
+        assert any(word in reason for word in ("add", "concat", "not fewer", "(> 50000)"))
 
 
 @pytest.mark.parametrize("name", ARCHS)
@@ -254,3 +254,64 @@ def test_grouped_and_depthwise_convs_inherit_per_group():
     teacher_pos = [(p % half) * 2 + p // half for p in shuffled]          # where the teacher's shuffle put them
     assert torch.equal(student.get_submodule("layer2.1.conv2").weight, w_dw_t[teacher_pos])
     assert run(s_arch).shape == (2, 10)
+
+
+# ---------------------------------------------------------------------------- VGG: a conv group feeding a flatten
+def test_removing_all_five_vgg_pools_makes_the_classifier_too_wide():
+    teacher = build_arch("vgg19")
+    student = remove_layers(teacher, [f"features.pool{i}" for i in range(1, 6)])
+    reason = student_problem(student, teacher)
+    assert reason is not None and "linear 'fc'" in reason and "524288" in reason and "50000" in reason
+    with pytest.raises(ArchError, match="524288 inputs"):
+        student.shapes  # noqa: B018
+
+
+def vgg_teachers():
+    """VGG-11 teachers whose last map is larger than 1x1: a pool removed at 32x32, and a 64x64 input."""
+    return {"no_pool5": remove_layers(build_arch("vgg11"), ["features.pool5"]), "64px": build_arch("vgg11", 3, 64, 10)}
+
+
+@pytest.mark.parametrize("which", ["no_pool5", "64px"])
+def test_keeping_channels_of_the_last_conv_selects_the_matching_classifier_columns(which):
+    t_arch = vgg_teachers()[which]
+    area = t_arch.in_shape("flatten")[1] * t_arch.in_shape("flatten")[2]
+    assert area == 4
+    teacher = randomise_bn(build_module(t_arch)).eval()
+    kept = [0, 3, 4, 10, 77, 200, 511]
+    s_arch = keep_channels(t_arch, {"features.8.conv": kept})
+    assert s_arch.in_shape("fc") == (len(kept) * area,)
+    student = build_module(s_arch).eval()
+    origin = inherit_weights(student, s_arch, teacher, t_arch, mode="indices")
+    assert set(origin.values()) == {"inherited"}
+    columns = [c * area + k for c in kept for k in range(area)]   # channel c -> columns c*H*W .. c*H*W+H*W-1
+    w_t = teacher.get_submodule("fc").weight
+    assert torch.equal(student.get_submodule("fc").weight, w_t[:, columns])
+    # the teacher with the dropped channels' classifier columns zeroed computes the student's function
+    dropped = [c * area + k for c in range(512) if c not in kept for k in range(area)]
+    w_t.data[:, dropped] = 0.0
+    x = torch.randn(2, 3, t_arch.image_size, t_arch.image_size)
+    assert torch.allclose(student(x), teacher(x), atol=1e-4)
+
+
+def test_first_k_and_reinit_with_a_larger_flatten():
+    t_arch = vgg_teachers()["no_pool5"]
+    teacher = build_module(t_arch).eval()
+    s_arch = set_widths(t_arch, {"features.8.conv": 100})
+    student = build_module(s_arch).eval()
+    assert set(inherit_weights(student, s_arch, teacher, t_arch, mode="first_k").values()) == {"inherited"}
+    assert torch.equal(student.get_submodule("fc").weight, teacher.get_submodule("fc").weight[:, :400])
+    assert set(inherit_weights(student, s_arch, teacher, t_arch, mode="reinit").values()) == {"fresh"}
+    # indices mode: the same first channels, so the same columns
+    student2 = build_module(s_arch).eval()
+    inherit_weights(student2, s_arch, teacher, t_arch, mode="indices")
+    assert torch.equal(student2.get_submodule("fc").weight, student.get_submodule("fc").weight)
+    assert run(s_arch).shape == (2, 10)
+
+
+def test_a_student_whose_map_grew_gets_a_fresh_classifier():
+    t_arch = build_arch("vgg11")                                  # 512x1x1 into the classifier
+    teacher = build_module(t_arch)
+    s_arch = remove_layers(t_arch, ["features.pool5"])            # 512x2x2: the teacher's columns do not fit
+    student = build_module(s_arch)
+    origin = inherit_weights(student, s_arch, teacher, t_arch, mode="indices")
+    assert origin["fc"] == "fresh" and origin["features.8.conv"] == "inherited"

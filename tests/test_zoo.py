@@ -86,3 +86,38 @@ def test_summary_cli_prints_params_and_layers(capsys):
     assert sum(r["macs"] for r in info["layers"]) == info["macs"]
     assert cli_main(["summary", "lenet5", "--dataset", "mnist"]) == 0
     assert "61,706 parameters" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------- VGG head (the reference's)
+def vgg_hand_count(cfg, in_channels=3, classifier_inputs=512, num_classes=10):
+    """Conv 3x3 with bias + BN (2 per channel) per entry, then one linear layer: counted without the IR."""
+    total, cin = 0, in_channels
+    for v in cfg:
+        if v != "M":
+            total += v * cin * 9 + v + 2 * v
+            cin = v
+    return total + classifier_inputs * num_classes + num_classes
+
+
+def test_vgg_flattens_its_last_map_into_one_linear_layer_without_a_global_pool():
+    from netcomp.zoo import _VGG_CFG
+
+    for name in ("vgg11", "vgg16", "vgg19"):
+        arch = build_arch(name)
+        assert "gap" not in {n.op for n in arch.nodes}
+        assert [n.op for n in arch.nodes[-3:]] == ["maxpool", "flatten", "linear"]
+        assert arch.in_shape("flatten") == (512, 1, 1) and arch.in_shape("fc") == (512,)
+        model = build_module(arch)
+        assert sum(p.numel() for p in model.parameters()) == count_params(arch) == vgg_hand_count(_VGG_CFG[name])
+    assert count_params(build_arch("vgg19")) == 20_040_522  # 20.04M, the same as with a 1x1 global pool
+
+
+def test_vgg_small_images_skip_the_pools_that_would_collapse_and_large_images_flatten_a_larger_map():
+    from netcomp.zoo import _VGG_CFG
+
+    mnist = build_arch("vgg11", 1, 28, 10)
+    assert sum(n.op == "maxpool" for n in mnist.nodes) == 4 and mnist.in_shape("flatten") == (512, 1, 1)
+    big = build_arch("vgg11", 3, 64, 10)
+    assert sum(n.op == "maxpool" for n in big.nodes) == 5 and big.in_shape("fc") == (512 * 2 * 2,)
+    assert count_params(big) == vgg_hand_count(_VGG_CFG["vgg11"], classifier_inputs=2048)
+    assert build_module(big)(torch.randn(2, 3, 64, 64)).shape == (2, 10)
