@@ -106,11 +106,12 @@ class ChannelRatioEnv(CompressionEnv):
       [0, 1], fraction of the teacher's MACs removed by the groups decided so far, previous keep ratio).
 
     ## Rewards
-    ``amc-acc`` when a ``budget`` is given: the accuracy, or the ``penalty`` if the budget is not met
-    (only possible when even ``lbound`` everywhere cannot meet it). ``amc-flops`` without a budget:
+    ``amc-acc`` when a ``budget`` is given: the accuracy; a student that misses the budget (only possible
+    when even ``lbound`` everywhere cannot meet it) is invalid. ``amc-flops`` without a budget:
     -(1 - accuracy) * log(MACs). Any reward of :mod:`netcomp.rewards` can be named with ``reward=``.
-    Invalid students (e.g. nothing pruned, so not smaller than the teacher) get the ``penalty`` (-1).
-    Sequential mode pays 0 until the last step.
+    Invalid students (e.g. nothing pruned, so not smaller than the teacher in params and MACs) get the
+    ``penalty``, below every valid reward: by default the reward's floor - 1 (``amc-flops``:
+    -log(teacher MACs) - 1; ``amc-acc``: -1). Sequential mode pays 0 until the last step.
 
     ## Starting State
     The teacher, unchanged. Episodes are independent.
@@ -198,14 +199,14 @@ class ChannelRatioEnv(CompressionEnv):
             "widths": dict(zip(self.layers, widths)), "budget": self.budget,
             "budget_metric": self.budget_metric, "budget_met": bool(met),
         }
-        return self.student_for(widths), info
+        return self.student_of_widths(widths), info
 
     # ------------------------------------------------------------------ public helpers
     def ratio_of(self, a: float) -> float:
         """The keep ratio in [lbound, 1] of an action entry in [-1, 1]."""
         return float(self.lbound + (float(a) + 1.0) / 2.0 * (1.0 - self.lbound))
 
-    def student_for(self, widths: list[int]) -> Arch:
+    def student_of_widths(self, widths: list[int]) -> Arch:
         """The student keeping ``widths[i]`` channels of group i, chosen by this env's ``selection``."""
         changed = {gid: w for gid, w, full in zip(self.layers, widths, self._full) if w < full}
         if self.selection == "first":

@@ -57,7 +57,7 @@ class RemovalEnv(CompressionEnv):
 
     ## Arguments
     ``gymnasium.make("netcomp/removal-resnet20-synthetic-v0", fidelity="smoke", mode="oneshot",
-    reward="n2n", device=None, data_root=None, teacher=None, inherit="reinit", penalty=-1.0,
+    reward="n2n", device=None, data_root=None, teacher=None, inherit="reinit", penalty=None,
     cache_path=None)``; see :class:`envs.base.CompressionEnv`.
 
     ## Version History

@@ -94,7 +94,8 @@ def test_budget_on_params_and_an_unreachable_budget(tiny):
     env = make(tiny, budget=0.001, penalty=-2.0)  # even every group at lbound keeps far more
     env.reset(seed=0)
     _, reward, _, _, info = env.step(np.ones(len(env.layers), np.float32))
-    assert info["valid"] and not info["budget_met"]
+    # a student the budget-constrained reward cannot pay is an invalid episode, with the reason
+    assert not info["valid"] and not info["budget_met"] and "budget is not met" in info["invalid_reason"]
     assert info["ratios"] == pytest.approx([0.2] * len(env.layers))
     assert reward == -2.0
 
@@ -174,7 +175,9 @@ def test_keeping_everything_is_an_invalid_episode_not_an_error(tiny):
     env = make(tiny)
     env.reset(seed=0)
     _, reward, terminated, _, info = env.step(np.ones(len(env.layers), np.float32))
-    assert terminated and not info["valid"] and reward == -1.0 and "not fewer" in info["invalid_reason"]
+    assert terminated and not info["valid"] and "not fewer" in info["invalid_reason"]
+    # amc-flops pays a valid student at least -log(teacher MACs); the invalid one gets one less
+    assert reward == env.penalty == pytest.approx(-math.log(info["teacher_macs"]) - 1.0)
 
 
 def test_bad_arguments_raise_value_error(tiny):
