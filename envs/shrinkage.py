@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,46 @@ from netcomp.surgery import remove_layers, set_widths
 N2N_LOOKUP = (0.25, 0.5, 0.5, 0.5, 0.5, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
+@dataclass(frozen=True)
+class ShrinkRoles:
+    """Which layers of a (stage-1) network decide a width under N2N's stage-2 rules.
+
+    ``layers``: the conv/linear layers an action refers to (depthwise convs follow their input and are not
+    listed); ``leader_of``: the layer that decides each shrinkable coupling group's width (its first
+    producer) -> group id; ``fixed``: layers N2N never shrinks; ``acting``: leaders that are not fixed.
+    """
+
+    layers: tuple[str, ...]
+    leader_of: dict[str, str]
+    fixed: frozenset[str]
+    acting: tuple[str, ...]
+
+
+def shrink_roles(parent: Arch) -> ShrinkRoles:
+    """N2N's stage-2 roles (reference A5) for a network, read from its graph.
+
+    Plain layers (outside residual blocks): a conv with stride != 1 and every linear layer are fixed. Inside
+    a residual block N2N's block rule applies instead: every conv may shrink, stride-2 convs included (the
+    inner conv takes its own width; the block's output width is decided at projection blocks, or by the
+    first remaining conv of a projection block whose second conv stage 1 removed). Coupled layers (joined
+    by adds) shrink together, following their group's first producer, so a whole stage shrinks as one
+    (N2N: 'block widths can only change at projection blocks').
+    """
+    layers = tuple(n for n in prunable_layers(parent) if not parent.node(n).depthwise)
+    leader_of: dict[str, str] = {}
+    for group in parent.groups:
+        if group.shrinkable and group.producers:
+            leader_of[group.producers[0]] = group.gid
+
+    def is_fixed(name: str) -> bool:
+        node = parent.node(name)
+        return node.op == "linear" or (node.stride != 1 and not node.block)
+
+    fixed = frozenset(n for n in layers if is_fixed(n))
+    acting = tuple(n for n in layers if n in leader_of and n not in fixed)
+    return ShrinkRoles(layers, leader_of, fixed, acting)
+
+
 class ShrinkageEnv(CompressionEnv):
     """Shrink the width of each conv layer of a teacher (N2N stage 2, Ashok et al. 2018).
 
@@ -25,7 +66,9 @@ class ShrinkageEnv(CompressionEnv):
     keeps max(floor(width * factor), ``min_width``) output channels. Layers joined by residual adds form
     one coupling group and shrink together: the group's first layer (N2N: the projection block's second
     conv, or the stem for the first stage) decides its width, and the other members follow
-    (``info["coupled"]``). As in N2N, strided convs and linear layers never shrink (``info["fixed"]``).
+    (``info["coupled"]``). As in N2N, linear layers and strided convs outside residual blocks never shrink
+    (``info["fixed"]``); inside a block every conv may shrink, stride-2 convs included (N2N's block rule,
+    :func:`shrink_roles`), so no stage is frozen whatever stage 1 removed.
     ``removed`` starts from a stage-1 student (layers already removed); compression is measured against
     the original teacher. The student is re-initialised (N2N) by default and distilled.
 
@@ -77,15 +120,9 @@ class ShrinkageEnv(CompressionEnv):
 
     def _layers(self) -> tuple[str, ...]:
         self.parent = remove_layers(self.arch, self.removed) if self.removed else self.arch
-        parent = self.parent
-        layers = tuple(n for n in prunable_layers(parent) if not parent.node(n).depthwise)
-        self.leader_of: dict[str, str] = {}
-        for group in parent.groups:
-            if group.shrinkable and group.producers:
-                self.leader_of[group.producers[0]] = group.gid
-        self.fixed = {n for n in layers if parent.node(n).op == "linear" or parent.node(n).stride != 1}
-        self.acting = [n for n in layers if n in self.leader_of and n not in self.fixed]
-        return layers
+        plan = shrink_roles(self.parent)
+        self.leader_of, self.fixed, self.acting = plan.leader_of, plan.fixed, plan.acting
+        return plan.layers
 
     def _features(self) -> np.ndarray:
         rows = n2n_features(self.parent, set(self.acting))
