@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,8 @@ DEFAULTS: dict[str, Any] = {
     "env": None,
     "agent": None,
     "run": {
-        "budget": 20,            # reward evaluations
+        "budget": 20,            # reward evaluations (None with a seconds-only budget)
+        "budget_seconds": None,  # training seconds (evaluations' training plus white-box agents' own)
         "fidelity": "fast",      # configs/fidelity.yaml preset
         "mode": None,            # None: the agent's first supported mode
         "seed": 0,
@@ -76,10 +76,12 @@ def resolve_config(args: argparse.Namespace) -> dict:
     config = merge(config, user or {})
     flags = {"env": args.env, "agent": args.agent}
     config.update({k: v for k, v in flags.items() if v is not None})
-    for key in ("budget", "fidelity", "mode", "seed", "device", "data_root", "load_policy"):
+    for key in ("budget", "budget_seconds", "fidelity", "mode", "seed", "device", "data_root", "load_policy"):
         value = getattr(args, key)
         if value is not None:
             config["run"][key] = value
+    if args.budget_seconds is not None and args.budget is None:
+        config["run"]["budget"] = None  # a seconds-only budget
     if args.download:
         config["run"]["download"] = True
     if not config.get("env") or not config.get("agent"):
@@ -112,7 +114,7 @@ def build(config: dict, run_dir: Path, log) -> tuple[Any, Any]:
     """(recorder-wrapped env, agent) for a resolved config."""
     import envs
     from agents import get_agent
-    from agents.base import Recorder, check_compatible, make_config
+    from agents.base import Recorder, check_budget_units, check_compatible, make_config
 
     agent_cls = get_agent(config["agent"])
     env_id = envs.parse_env_id(config["env"])
@@ -120,6 +122,7 @@ def build(config: dict, run_dir: Path, log) -> tuple[Any, Any]:
     config["env_space"] = space
     config["mode"] = config["run"]["mode"] or agent_cls.modes[0]
     check_compatible(agent_cls, space, config["mode"])  # a clear error before any teacher is trained
+    check_budget_units(agent_cls, log.budget)
     agent_config = make_config(agent_cls.Config, config["agent_config"])
 
     def make_other(space_name: str, mode: str = "oneshot", **kwargs: Any) -> Recorder:
@@ -136,10 +139,11 @@ def build(config: dict, run_dir: Path, log) -> tuple[Any, Any]:
 
 
 def save_checkpoint(agent: Any, run_dir: Path) -> None:
-    """Agent state and the evaluation count, written atomically."""
-    tmp = run_dir / "checkpoint.pt.tmp"
-    torch.save({"agent": agent.state(), "evaluations": agent.budget.used}, tmp)
-    os.replace(tmp, run_dir / "checkpoint.pt")
+    """Agent state, the evaluation count and the seconds the agent charged, written atomically."""
+    from agents.base import save_atomic
+
+    save_atomic({"agent": agent.state(), "evaluations": agent.budget.used,
+                 "charged_seconds": agent.budget.charged_seconds}, run_dir / "checkpoint.pt")
 
 
 # ---------------------------------------------------------------------------- reporting
@@ -226,6 +230,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--env", help="environment, e.g. removal-resnet18-cifar10 (or netcomp/...-v0)")
     p.add_argument("--agent", help="agent name (see --list)")
     p.add_argument("--budget", type=int, help="reward evaluations to spend")
+    p.add_argument("--budget-seconds", dest="budget_seconds", type=float,
+                   help="training seconds to spend (students' training plus white-box agents' own)")
     p.add_argument("--fidelity", help="smoke | fast | paper | esnac (configs/fidelity.yaml)")
     p.add_argument("--mode", choices=("oneshot", "sequential"), help="env mode (default: the agent's)")
     p.add_argument("--preset", help="a presets: section of configs/<agent>.yaml (e.g. fast)")
@@ -268,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
 
     on_disk = read_records(run_dir / "evaluations.jsonl")
     done = checkpoint["evaluations"] if checkpoint else 0
-    budget = Budget(int(config["run"]["budget"]), used=done)
+    run = config["run"]
+    budget = Budget(None if run["budget"] is None else int(run["budget"]), run.get("budget_seconds"), used=done,
+                    charged_seconds=float(checkpoint.get("charged_seconds", 0.0)) if checkpoint else 0.0)
     log = RunLog(budget, run_dir / "evaluations.jsonl", records=on_disk[:done], skip_until=len(on_disk))
     if not args.resume or checkpoint is None:
         # a run killed before its first checkpoint restarts; the evaluation cache keeps its students
@@ -304,8 +312,10 @@ def main(argv: list[str] | None = None) -> int:
         best_meta = save_best_student(env, records, run_dir)
     write_plots(records, run_dir)
     summary = {
-        "env": config["env"], "agent": config["agent"], "budget": budget.evaluations, "evaluations": len(records),
+        "env": config["env"], "agent": config["agent"], "budget": budget.evaluations,
+        "budget_seconds": budget.seconds, "evaluations": len(records),
         "trained": sum(1 for r in records if not r.get("cached")), "eval_seconds": budget.eval_seconds,
+        "charged_seconds": budget.charged_seconds,
         "wall_seconds": time.perf_counter() - start, "resumed": bool(args.resume),
         "best": max(records, key=lambda r: r["reward"], default=None), "best_student": best_meta,
         "notes": {k: v for k, v in agent.notes.items() if k != "final"},

@@ -8,7 +8,7 @@ from agents.base import Agent
 
 #: name -> "module:Class" (imported when used, so listing agents stays cheap).
 AGENTS: dict[str, str] = {
-    "n2n": "agents.n2n:N2NAgent",
+    "n2n": "baselines.n2n:N2NAgent",
     "random": "agents.random_search:RandomAgent",
     "ppo": "agents.sb3:PPOAgent",
     "a2c": "agents.sb3:A2CAgent",

@@ -3,8 +3,12 @@
 Three kinds of agents share one interface (:class:`Agent`):
 - ``policy``: learns from episodes (N2N, PPO, A2C); it steps the environment itself.
 - ``blackbox``: proposes actions and observes their scores (random search, ESNAC, LeGR evolution);
-  it calls :meth:`Agent.evaluate` (ask/tell through the environment).
-- ``whitebox``: needs the teacher and data (TAS, DeepHoyer) and ends by proposing a final action.
+  it calls :meth:`Agent.evaluate`, or :meth:`Agent.evaluate_many` to ask for a batch at once (trained
+  together on shared batches locally, spread over workers by a distributed evaluator).
+- ``whitebox``: needs the teacher and data (TAS, DeepHoyer); it trains on its own, charges the seconds to
+  the budget (:meth:`Agent.charge`) and submits a finished student (:meth:`Agent.submit`), which the env
+  scores, counts and records exactly like an episode.
+The budget is counted in evaluations, in training seconds, or both (:class:`Budget`).
 
 Every agent declares the action spaces and modes it supports; :func:`check_compatible` turns a mismatch into
 a clear error before anything runs. The :class:`Recorder` wraps the environment: each finished episode is one
@@ -18,13 +22,15 @@ import dataclasses
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
+
+from netcomp.arch import Arch, arch_to_dict
 
 
 class BudgetExhausted(RuntimeError):
@@ -33,23 +39,53 @@ class BudgetExhausted(RuntimeError):
 
 @dataclass
 class Budget:
-    """How many reward evaluations a run may spend, and what it has spent (evaluations and seconds)."""
+    """What a run may spend, in reward evaluations and/or training seconds, and what it has spent.
 
-    evaluations: int
+    ``evaluations``: the number of reward evaluations (episodes or submitted students). ``seconds``: training
+    seconds, i.e. the seconds the evaluations' student trainings took (``eval_seconds``) plus what white-box
+    agents charge for their own training (``charged_seconds``: TAS's search, DeepHoyer's regularised
+    training). Either or both may be set; the budget is exhausted when any set limit is reached.
+    """
+
+    evaluations: int | None = None
+    seconds: float | None = None
     used: int = 0
     eval_seconds: float = 0.0
+    charged_seconds: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.evaluations < 1:
+        if self.evaluations is None and self.seconds is None:
+            raise ValueError("a budget needs evaluations or seconds (or both)")
+        if self.evaluations is not None and (isinstance(self.evaluations, bool) or int(self.evaluations) < 1):
             raise ValueError(f"budget must be >= 1 evaluation, got {self.evaluations}")
+        if self.seconds is not None and not float(self.seconds) > 0:
+            raise ValueError(f"budget seconds must be > 0, got {self.seconds}")
+        self.evaluations = None if self.evaluations is None else int(self.evaluations)
+        self.seconds = None if self.seconds is None else float(self.seconds)
+
+    @property
+    def train_seconds(self) -> float:
+        """Training seconds spent: the evaluations' plus those charged by the agent."""
+        return self.eval_seconds + self.charged_seconds
 
     @property
     def exhausted(self) -> bool:
-        return self.used >= self.evaluations
+        out_of_evals = self.evaluations is not None and self.used >= self.evaluations
+        out_of_time = self.seconds is not None and self.train_seconds >= self.seconds
+        return out_of_evals or out_of_time
 
     @property
     def left(self) -> int:
-        return max(0, self.evaluations - self.used)
+        """Evaluations left (with a seconds-only budget: 1 while seconds are left, else 0)."""
+        if self.evaluations is None:
+            return 0 if self.exhausted else 1
+        return 0 if self.exhausted else max(0, self.evaluations - self.used)
+
+    def charge(self, seconds: float) -> None:
+        """Count ``seconds`` of an agent's own training against the budget."""
+        if not (np.isfinite(seconds) and seconds >= 0):
+            raise ValueError(f"charged seconds must be a finite number >= 0, got {seconds}")
+        self.charged_seconds += float(seconds)
 
 
 def to_jsonable(value: Any) -> Any:
@@ -118,27 +154,64 @@ class Recorder(gym.Wrapper):
         return self.env.reset(**kwargs)
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
-        if self.budget.exhausted:
-            raise BudgetExhausted(f"the budget of {self.budget.evaluations} evaluations is spent")
+        self._check_budget(1)
         self._actions.append(to_jsonable(action))
         obs, reward, terminated, truncated, info = self.env.step(action)
         if terminated or truncated:
-            self._record(float(reward), info)
+            action = self._actions[0] if len(self._actions) == 1 else self._actions
+            last = getattr(self.env.unwrapped, "last_result", None)
+            self._record(float(reward), info, action, bool(getattr(last, "cached", False)))
         return obs, reward, terminated, truncated, info
 
-    def _record(self, reward: float, info: dict) -> None:
+    def evaluate_many(self, actions: Sequence[Any]) -> list[dict]:
+        """Score whole-episode actions together (see ``CompressionEnv.evaluate_many``); one evaluation each.
+
+        Raises BudgetExhausted if the budget cannot pay for all of them (ask for at most ``budget.left``).
+        """
+        actions = list(actions)
+        self._check_budget(len(actions))
+        infos = self.env.unwrapped.evaluate_many(actions)
+        results = self.env.unwrapped.last_results
+        for action, info, result in zip(actions, infos, results):
+            self._record(float(info["reward"]), info, to_jsonable(action), bool(result.cached))
+        return infos
+
+    def submit(self, student: Arch, weights: Mapping[str, Any] | None = None, train: bool = True) -> dict:
+        """Score a white-box agent's finished student like an episode (``CompressionEnv.score_student``).
+
+        Counted and recorded as one evaluation; the record holds the student's architecture (so it can be
+        rebuilt) and, when weights were given and the run has a directory, they are saved atomically to
+        ``submitted/<index>.pt`` (loadable with weights_only=True).
+        """
+        self._check_budget(1)
+        info = self.env.unwrapped.score_student(student, weights, train=train)
+        extra = {"student": arch_to_dict(student)}
+        if weights is not None and self.log.path is not None:
+            path = self.log.path.parent / "submitted" / f"{self.budget.used}.pt"
+            save_atomic({k: v.detach().cpu() for k, v in weights.items()}, path)
+            extra["weights"] = str(path.relative_to(self.log.path.parent))
+        self._record(float(info["reward"]), info, None, False, extra)
+        return info
+
+    def _check_budget(self, n: int) -> None:
+        budget = self.budget
+        if budget.exhausted:
+            raise BudgetExhausted(f"the budget ({_describe(budget)}) is spent")
+        if budget.evaluations is not None and n > budget.left:
+            raise BudgetExhausted(f"asked for {n} evaluations with {budget.left} left ({_describe(budget)})")
+
+    def _record(self, reward: float, info: dict, action: Any, cached: bool, extra: dict | None = None) -> None:
         index = self.budget.used
         self.budget.used += 1
         self.budget.eval_seconds += float(info.get("eval_seconds") or 0.0)
-        action = self._actions[0] if len(self._actions) == 1 else self._actions
-        last = getattr(self.env.unwrapped, "last_result", None)
         record = {
             "index": index, "space": self.env.unwrapped.space, "action": action, "reward": reward,
             **{k: to_jsonable(info.get(k)) for k in (
                 "valid", "accuracy", "teacher_accuracy", "params", "teacher_params", "macs", "teacher_macs",
                 "compression", "arch_key", "eval_seconds", "invalid_reason")},
-            "cached": bool(getattr(last, "cached", False)),
+            "cached": cached,
             "wall_seconds": time.perf_counter() - self.log.start,
+            **(extra or {}),
         }
         self.log.add(record)
 
@@ -174,6 +247,8 @@ class Agent(ABC):
     kind: ClassVar[str] = "blackbox"
     spaces: ClassVar[tuple[str, ...]] = ()
     modes: ClassVar[tuple[str, ...]] = ("oneshot",)
+    #: the budget units the agent can spend: "evaluations" and/or "seconds" (training seconds)
+    budget_units: ClassVar[tuple[str, ...]] = ("evaluations", "seconds")
     Config: ClassVar[type] = object
 
     def __init__(self, env: Recorder, config: Any, seed: int = 0, run_dir: Path | None = None,
@@ -198,6 +273,28 @@ class Agent(ABC):
         self.env.reset()
         _, reward, _, _, info = self.env.step(action)
         return float(reward), info
+
+    def evaluate_many(self, actions: Sequence[Any]) -> list[tuple[float, dict]]:
+        """Black-box evaluation of several one-shot actions at once: (reward, info) each, in order.
+
+        The students are trained together on shared batches (a distributed evaluator spreads them over
+        workers); each counts as one evaluation and gets the same score it would get alone. Ask for at most
+        ``self.budget.left`` (BudgetExhausted otherwise).
+        """
+        self.env.reset()
+        return [(float(info["reward"]), info) for info in self.env.evaluate_many(actions)]
+
+    def submit(self, student: Arch, weights: Mapping[str, Any] | None = None, train: bool = True) -> tuple[float, dict]:
+        """White-box result: score a finished student (architecture, optional weights) like an episode.
+
+        Counted and recorded as one evaluation (see :meth:`Recorder.submit`). Returns (reward, info).
+        """
+        info = self.env.submit(student, weights, train=train)
+        return float(info["reward"]), info
+
+    def charge(self, seconds: float) -> None:
+        """Charge ``seconds`` of the agent's own training (a white-box search) to the run's budget."""
+        self.budget.charge(seconds)
 
     @abstractmethod
     def run(self) -> None:
@@ -224,6 +321,39 @@ def make_config(cls: type, overrides: dict[str, Any] | None) -> Any:
     if unknown:
         raise ValueError(f"unknown {cls.__qualname__} keys {sorted(unknown)}; valid keys are {sorted(names)}")
     return cls(**overrides)
+
+
+def check_budget_units(agent: type[Agent], budget: Budget) -> None:
+    """Raise ValueError if the budget is counted in a unit the agent cannot spend."""
+    if budget.evaluations is None and "seconds" not in agent.budget_units:
+        raise ValueError(f"agent {agent.name!r} needs a budget in evaluations (--budget N): its schedule is "
+                         f"counted in evaluations, not training seconds")
+    if budget.seconds is None and "evaluations" not in agent.budget_units:
+        raise ValueError(f"agent {agent.name!r} needs a budget in training seconds (--budget-seconds S)")
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save ``obj`` to ``path`` through a temporary file and a rename: a kill leaves old or new, whole."""
+    import os
+
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _describe(budget: Budget) -> str:
+    parts = []
+    if budget.evaluations is not None:
+        parts.append(f"{budget.used}/{budget.evaluations} evaluations")
+    if budget.seconds is not None:
+        parts.append(f"{budget.train_seconds:.1f}/{budget.seconds:g} training seconds")
+    return ", ".join(parts)
 
 
 def check_compatible(agent: type[Agent], space: str, mode: str) -> None:

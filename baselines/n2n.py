@@ -40,7 +40,7 @@ from torch import nn
 
 from agents.base import Agent, Recorder
 from envs.shrinkage import N2N_LOOKUP
-from netcomp.arch import Arch, arch_from_dict, arch_to_dict
+from netcomp.arch import Arch, arch_from_dict, arch_to_dict, n2n_descriptors
 from netcomp.distill import LOSSES, OPTIMIZERS, SCHEDULES, TrainConfig
 from netcomp.surgery import save_student
 
@@ -48,6 +48,11 @@ from netcomp.surgery import save_student
 STAGES = ("removal", "shrinkage", "finetune", "done")
 #: Baseline forms: the reference's running average with an (e + 1) denominator, or the plain running mean.
 BASELINES = ("reference", "mean")
+#: What the policies read per layer (N2NConfig.policy_input).
+POLICY_INPUTS = ("scaled", "reference")
+#: Columns of the reference's raw per-layer input [type, kernel, stride, #outputs, padding] in the rows of
+#: netcomp.arch.n2n_descriptors (type, kernel, stride, padding, outputs, skip start, skip end).
+REFERENCE_COLUMNS = (0, 1, 2, 4, 3)
 #: Version of the files written by :meth:`N2NAgent.save_policy`.
 POLICY_FORMAT = 1
 
@@ -119,6 +124,19 @@ class N2NConfig:
     """Cap on the fine-tune's optimiser steps (None = no cap); for smoke runs."""
     finetune_train_max: int | None = None
     """Use only the first n training images in the fine-tune (None = all); for fast runs."""
+    finetune_follow_fidelity: bool = True
+    """The fine-tune's length is capped by the run's fidelity (its ``final`` section: smoke takes seconds,
+    fast minutes; paper has no cap, so these values hold). False keeps these values at any fidelity."""
+    policy_input: str = "scaled"
+    """What the policies read per layer. 'scaled' (default): the env's observation row, N2N's descriptor
+    divided by fixed constants with log2 widths plus a removable / width-deciding flag (8 columns).
+    'reference': the reference code's raw 5-vector [type, kernel, stride, #outputs, padding] (A3). The
+    default is scaled because raw integers up to 512 (or 2048) saturate the LSTM gates, so the policy's
+    input barely changes with the width, and the flag tells the policy which actions are forced; both
+    stay scale-compatible across teachers, so both transfer."""
+    batch_children: bool = True
+    """Train an epoch's N children together on shared batches (the reference; each scored as it would be
+    alone). False trains them one at a time (same scores, slower)."""
 
     def __post_init__(self) -> None:
         """Coerce YAML strings to numbers and reject bad values with a message naming them."""
@@ -140,6 +158,7 @@ class N2NConfig:
             ("lstm_layers", isinstance(self.lstm_layers, int) and self.lstm_layers >= 1, "an integer >= 1"),
             ("stage2_fraction", 0.0 <= self.stage2_fraction <= 1.0, "a number in [0, 1]"),
             ("baseline", self.baseline in BASELINES, f"one of {list(BASELINES)}"),
+            ("policy_input", self.policy_input in POLICY_INPUTS, f"one of {list(POLICY_INPUTS)}"),
             ("constraint_epochs", self.constraint_epochs > 0, "> 0"),
             ("finetune_epochs", self.finetune_epochs > 0, "> 0"),
             ("finetune_lr", self.finetune_lr > 0, "> 0"),
@@ -204,6 +223,15 @@ def constraint_epsilon(epoch: float, horizon: float = 15.0, clamp: bool = True) 
 def constrained_reward(reward: float, eps: float) -> float:
     """N2N's reward of a student that violates a constraint: (eps - 1) + eps * R (-1 once eps is 0)."""
     return (eps - 1.0) + eps * reward
+
+
+def reference_input(env: Any) -> np.ndarray:
+    """The reference code's raw policy input for a removal or shrinkage env: one row per action layer,
+    [type, kernel, stride, #outputs, padding] as unscaled integers (reference A3)."""
+    arch = getattr(env, "parent", env.arch)
+    rows = n2n_descriptors(arch)
+    index = {name: i for i, name in enumerate(arch.layers)}
+    return rows[[index[n] for n in env.layers]][:, list(REFERENCE_COLUMNS)]
 
 
 def misalign_actions(actions: np.ndarray, shortcut: np.ndarray, neutral: int) -> np.ndarray:
@@ -320,13 +348,15 @@ class N2NAgent(Agent):
     kind: ClassVar[str] = "policy"
     spaces: ClassVar[tuple[str, ...]] = ("removal",)
     modes: ClassVar[tuple[str, ...]] = ("oneshot",)
+    budget_units: ClassVar[tuple[str, ...]] = ("evaluations",)  # the stage split is counted in evaluations
     Config: ClassVar[type] = N2NConfig
 
     def __init__(self, env: Recorder, config: N2NConfig, seed: int = 0, run_dir: Path | None = None,
                  make_env: Callable[..., Recorder] | None = None) -> None:
         super().__init__(env, config, seed=seed, run_dir=run_dir, make_env=make_env)
         self.config: N2NConfig = config
-        self.features = int(env.observation_space.shape[-1])
+        self.features = (len(REFERENCE_COLUMNS) if config.policy_input == "reference"
+                         else int(env.observation_space.shape[-1]))
         self.n_shrink_actions = len(N2N_LOOKUP)  # the shrink head has one output per lookup entry
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -427,13 +457,14 @@ class N2NAgent(Agent):
             raise RuntimeError(f"no evaluation left for stage {stage!r}")
         progress = self.progress[stage]
         obs = self.observation(stage)
-        actions, rewards = [], []
-        for _ in range(n):
-            action = self.sample_actions(stage, obs)
-            reward, info = self._evaluate(env, self.env_action(stage, action.numpy()))
+        # The policy does not change within an epoch: sample all N children, then train them together on
+        # shared batches (as the reference does), each scored exactly as it would be alone.
+        actions = [self.sample_actions(stage, obs) for _ in range(n)]
+        outcomes = self._evaluate_many(env, [self.env_action(stage, a.numpy()) for a in actions])
+        rewards = []
+        for student, (reward, info) in outcomes:
             reward = self.shaped_reward(reward, info, progress["epoch"])
-            self._track_best(stage, reward, info, env)
-            actions.append(action)
+            self._track_best(stage, reward, info, student)
             rewards.append(reward)
         adv, base = compute_advantages(rewards, progress["means"], self.config.per_sample_advantage,
                                        self.config.baseline)
@@ -448,8 +479,11 @@ class N2NAgent(Agent):
 
     # ------------------------------------------------------------------ acting
     def observation(self, stage: str) -> torch.Tensor:
-        """The stage env's oneshot observation (one descriptor row per layer) as a float tensor."""
-        obs, _ = self.stage_env(stage).reset()
+        """What the policy reads: one row per layer of the stage env (see ``policy_input``), a float tensor."""
+        env = self.stage_env(stage)
+        obs, _ = env.reset()
+        if self.config.policy_input == "reference":
+            return torch.as_tensor(reference_input(env.unwrapped), dtype=torch.float32)
         return torch.as_tensor(np.asarray(obs), dtype=torch.float32)
 
     def sample_actions(self, stage: str, obs: torch.Tensor | None = None) -> torch.Tensor:
@@ -506,11 +540,22 @@ class N2NAgent(Agent):
                 loss.backward()
                 opt.step()
 
-    def _evaluate(self, env: Recorder, action: np.ndarray) -> tuple[float, dict]:
-        """One oneshot episode of ``env``: one evaluation of the budget."""
-        env.reset()
-        _, reward, _, _, info = env.step(action)
-        return float(reward), info
+    def _evaluate_many(self, env: Recorder, actions: Sequence[np.ndarray]) -> list[tuple[Arch, tuple[float, dict]]]:
+        """Oneshot episodes of ``env``, one evaluation each: (student, (reward, info)) per action.
+
+        ``batch_children`` trains them together (``evaluate_many``); otherwise one episode at a time.
+        """
+        base = env.unwrapped
+        if self.config.batch_children:
+            env.reset()
+            infos = env.evaluate_many(actions)
+            return [(base.student_for(a), (float(i["reward"]), i)) for a, i in zip(actions, infos)]
+        out = []
+        for action in actions:
+            env.reset()
+            _, reward, _, _, info = env.step(action)
+            out.append((base.student, (float(reward), info)))
+        return out
 
     def shaped_reward(self, reward: float, info: dict, epoch: int) -> float:
         """The reward the policy learns from: the env's, with N2N's constraint penalty if one is violated."""
@@ -524,7 +569,7 @@ class N2NAgent(Agent):
         eps = constraint_epsilon(epoch, cfg.constraint_epochs, cfg.clamp_constraint_schedule)
         return constrained_reward(reward, eps)
 
-    def _track_best(self, stage: str, reward: float, info: dict, env: Recorder) -> None:
+    def _track_best(self, stage: str, reward: float, info: dict, student: Arch) -> None:
         """Keep the best valid student overall and of stage 1 (by the learning reward)."""
         if not info.get("valid", False):
             return
@@ -532,7 +577,6 @@ class N2NAgent(Agent):
         is_best_removal = stage == "removal" and (self.best_removal is None or reward > self.best_removal["reward"])
         if not (is_best or is_best_removal):
             return
-        student: Arch = env.unwrapped.student
         entry = {
             "stage": stage, "reward": float(reward), "env_reward": float(info["reward"]),
             "accuracy": float(info["accuracy"]), "params": int(info["params"]),
@@ -570,10 +614,11 @@ class N2NAgent(Agent):
             return self.notes["final"]
         ev = self.env.unwrapped.evaluator
         arch = arch_from_dict(self.best["arch"])
-        config = self.finetune_config()
+        asked = self.finetune_config()
+        config = ev.fidelity.final_config(asked) if self.config.finetune_follow_fidelity else asked
         model, report = ev.train_final(arch, config, seed=self.seed)
         final = {**report, "stage": self.best["stage"], "search_reward": self.best["reward"],
-                 "arch_key": self.best["arch_key"], "finetune": config.to_dict()}
+                 "arch_key": self.best["arch_key"], "finetune": asked.to_dict()}
         if self.run_dir is not None:
             path = Path(self.run_dir) / "best_student.pt"
             meta = {**final, "teacher": {k: ev.teacher.meta.get(k) for k in ("arch", "dataset", "recipe", "seed")},

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,7 +24,7 @@ from netcomp.arch import Arch
 from netcomp.data import DATASETS, Dataset, load_dataset
 from netcomp.evaluator import Evaluator, Fidelity, load_fidelity
 from netcomp.metrics import count_macs, count_params
-from netcomp.rewards import compute_reward
+from netcomp.rewards import REWARDS, RewardContext, check_reward_name, invalid_penalty, reward_problem
 from netcomp.teachers import Teacher, get_teacher, load_teacher
 from netcomp.zoo import ARCHS
 
@@ -60,7 +60,9 @@ class CompressionEnv(gym.Env):
     ``reward``, ``arch_key``, ``eval_seconds`` (the seconds the student's training took, also when the
     result came from the cache, so seeded steps give equal infos), ``invalid_reason`` (when not valid) and
     the space's own fields; ``env.unwrapped.last_result.cached`` says whether it was trained now.
-    Invalid students end the episode with the ``penalty`` reward; they never raise.
+    Invalid students end the episode with the ``penalty`` reward; they never raise. The penalty lies below
+    every valid student's reward under the env's reward (default: the reward's floor - 1, see
+    :mod:`netcomp.rewards`; an explicit ``penalty`` at or above the floor is a ValueError).
     """
 
     metadata: ClassVar[dict] = {"render_modes": ["ansi"], "render_fps": 1}
@@ -71,7 +73,7 @@ class CompressionEnv(gym.Env):
     def __init__(self, arch: str = "resnet20", dataset: str = "synthetic", fidelity: str | Mapping = "smoke",
                  mode: str = "oneshot", reward: str | None = None, device: str | None = None,
                  data_root: str | None = None, teacher: str | Teacher | None = None, render_mode: str | None = None,
-                 penalty: float = -1.0, inherit: str | None = None, cache_path: str | None = None,
+                 penalty: float | None = None, inherit: str | None = None, cache_path: str | None = None,
                  download: bool = False, dataset_kwargs: Mapping | None = None, teacher_seed: int = 0,
                  home: str | None = None, require_smaller: bool = True, reward_split: str = "val") -> None:
         _check_choice("arch", arch, ARCHS)
@@ -79,9 +81,8 @@ class CompressionEnv(gym.Env):
         _check_choice("mode", mode, MODES)
         if render_mode is not None:
             _check_choice("render_mode", render_mode, tuple(self.metadata["render_modes"]))
-        self.mode, self.render_mode, self.penalty = mode, render_mode, float(penalty)
-        self.reward_name = reward or self.default_reward
-        compute_reward(self.reward_name, {"valid": False})  # validates the name early
+        self.mode, self.render_mode = mode, render_mode
+        self.reward_name = check_reward_name(reward or self.default_reward)  # validates the name early
         self.fidelity: Fidelity = load_fidelity(fidelity, self.space)
         self.device = torch.device(device or default_device())
         ds = _cached_dataset(dataset, data_root, download, tuple(sorted((dataset_kwargs or {}).items())))
@@ -90,7 +91,11 @@ class CompressionEnv(gym.Env):
         self.evaluator = Evaluator(self.teacher, ds, self.fidelity, device=self.device,
                                    inherit=inherit or self.default_inherit, cache_path=cache_path,
                                    min_linear_inputs=self._min_linear_inputs(), require_smaller=require_smaller,
-                                   split=reward_split)
+                                   split=reward_split, size_metrics=REWARDS[self.reward_name].size_metrics)
+        ev = self.evaluator
+        self.reward_context = RewardContext(ev.teacher_accuracy, ev.teacher_params, ev.teacher_macs,
+                                            self.arch.num_classes, ev.max_growth)
+        self.penalty = invalid_penalty(self.reward_name, self.reward_context, penalty)
         self.train_seed = 0
         self.layers: tuple[str, ...] = self._layers()
         self._static = self._features().astype(np.float32)
@@ -164,16 +169,54 @@ class CompressionEnv(gym.Env):
 
     def _finish(self) -> tuple[np.ndarray, float, bool, bool, dict]:
         student, space_info = self._make_student(self._values)
-        self._last_student = student
-        result = self.evaluator.evaluate(student, seed=self.train_seed)
-        self.last_result = result
-        info = self.episode_info(result, space_info)
-        self._last_info = info
+        info = self._score([student], [space_info])[0]
         obs = self._observation() if self.mode == "oneshot" else np.zeros(self.observation_space.shape, np.float32)
         return obs, info["reward"], True, False, info
 
+    def _score(self, students: Sequence[Arch], space_infos: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Evaluate students together (shared batches) and return their episode infos, in order."""
+        results = self.evaluator.evaluate_many(list(students), seed=self.train_seed)
+        infos = [self.episode_info(r, si) for r, si in zip(results, space_infos)]
+        self._last_student, self.last_result, self._last_info = students[-1], results[-1], infos[-1]
+        self.last_results = results
+        return infos
+
+    def evaluate_many(self, actions: Sequence[Any]) -> list[dict[str, Any]]:
+        """Score several whole-episode actions at once: one info per action, as the final step would give.
+
+        A one-shot action each, or in sequential mode the list of one episode's step actions. The uncached
+        students are trained together on shared batches (each exactly as it would be alone: the same seed,
+        the same batches), so this is the cheap way to score a population. The current episode is abandoned.
+        """
+        built = [self._student_of(action) for action in actions]
+        if not built:
+            return []
+        return self._score([b[0] for b in built], [b[1] for b in built])
+
+    def score_student(self, student: Arch, weights: Mapping[str, torch.Tensor] | None = None,
+                      train: bool = True) -> dict[str, Any]:
+        """Score a finished student (a white-box agent's result) exactly like an episode's: the same checks,
+        reward and info contract, plus ``submitted=True``.
+
+        Without ``weights`` the student is built, inherits and is distilled as the env's students are; with
+        ``weights`` (a state dict of the student's module) it starts from them and is distilled at the
+        fidelity (``train=True``) or only evaluated (``train=False``).
+        """
+        if weights is None:
+            result = self.evaluator.evaluate(student, seed=self.train_seed)
+        else:
+            result = self.evaluator.evaluate_weights(student, weights, train=train, seed=self.train_seed)
+        info = self.episode_info(result, {"submitted": True, "trained": weights is None or bool(train)})
+        self._last_student, self.last_result, self._last_info = student, result, info
+        self.last_results = [result]
+        return info
+
     def episode_info(self, result, space_info: Mapping[str, Any]) -> dict[str, Any]:
-        """The contract info of an evaluated student plus the space's own fields."""
+        """The contract info of an evaluated student plus the space's own fields.
+
+        A student the reward cannot be paid to (a budget not met, a diverged loss) is invalid, with the
+        reason; every invalid student gets ``self.penalty``, below every valid reward.
+        """
         ev = self.evaluator
         compression = 1.0 - result.params / ev.teacher_params if result.params else 0.0
         info = {
@@ -186,7 +229,13 @@ class CompressionEnv(gym.Env):
         }
         if not result.valid:
             info["invalid_reason"] = result.invalid_reason
-        info["reward"] = compute_reward(self.reward_name, info, self.penalty)
+        else:
+            problem = reward_problem(self.reward_name, {**info, "max_loss": self.reward_context.max_loss})
+            if problem is not None:
+                info["valid"], info["invalid_reason"] = False, problem
+        value = REWARDS[self.reward_name].value if info["valid"] else None
+        scoring = {**info, "max_loss": self.reward_context.max_loss}
+        info["reward"] = float(value(scoring)) if value is not None else self.penalty
         return info
 
     def _observation(self) -> np.ndarray:
@@ -241,8 +290,12 @@ class CompressionEnv(gym.Env):
 
         Nothing is trained; the current episode is abandoned (call reset() before stepping again).
         """
+        return self._student_of(action)[0]
+
+    def _student_of(self, action: Any) -> tuple[Arch, dict[str, Any]]:
+        """(student, space info) of a one-shot action or of the list of a sequential episode's actions."""
         if self.mode == "oneshot":
-            return self._make_student(self._check_oneshot(action))[0]
+            return self._make_student(self._check_oneshot(action))
         if len(action) != len(self.layers):
             raise ValueError(f"a sequential episode has {len(self.layers)} actions, got {len(action)}")
         self._values = []
@@ -250,7 +303,7 @@ class CompressionEnv(gym.Env):
             value, self._reduced = self._step_value(self._check_step(a), t)
             self._values.append(value)
         self._t = len(self.layers)
-        return self._make_student(self._values)[0]
+        return self._make_student(self._values)
 
     @property
     def student(self) -> Arch | None:

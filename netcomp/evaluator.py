@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,14 +27,33 @@ from netcomp.metrics import count_macs, count_params
 from netcomp.surgery import INHERIT_MODES, build_module, inherit_weights, student_problem
 from netcomp.teachers import Teacher, load_yaml
 
+#: With ``require_smaller=False`` a valid student may still be at most this many times the teacher's size
+#: (params, and MACs for rewards that pay for MACs): the bound gives every reward a floor.
+MAX_GROWTH = 16.0
+#: TrainConfig keys a fidelity's ``final`` section may set: how long a kept student's final training runs.
+FINAL_KEYS = ("epochs", "max_steps", "train_max", "eval_max")
+
 
 @dataclass(frozen=True)
 class Fidelity:
-    """How a student is scored: its KD run and the recipe of a teacher trained for it."""
+    """How a student is scored: its KD run and the recipe of a teacher trained for it.
+
+    ``final`` caps the length of the final training of a kept student (the best one of a run, or a
+    method's fine-tune) at this fidelity: a mapping of some of :data:`FINAL_KEYS`, so a smoke run ends in
+    seconds and a fast one in minutes. None (the ``paper`` preset) leaves the method's own schedule.
+    """
 
     name: str
     train: TrainConfig
     teacher_recipe: str = "fast"
+    final: Mapping[str, Any] | None = None
+
+    def final_config(self, base: TrainConfig | None = None) -> TrainConfig:
+        """The final-training config: ``base`` (default: this fidelity's KD run) with ``final``'s caps."""
+        base = base or self.train
+        if not self.final:
+            return base
+        return TrainConfig.from_dict({**base.to_dict(), **self.final})
 
     def key(self) -> str:
         blob = json.dumps({"name": self.name, "train": self.train.to_dict()}, sort_keys=True)
@@ -43,11 +63,11 @@ class Fidelity:
 def load_fidelity(spec: str | Mapping[str, Any], space: str | None = None) -> Fidelity:
     """A preset from configs/fidelity.yaml by name (with its per-space override), or a mapping."""
     if isinstance(spec, Mapping):
-        unknown = set(spec) - {"train", "teacher_recipe", "name"}
+        unknown = set(spec) - {"train", "teacher_recipe", "name", "final"}
         if unknown:
-            raise ValueError(f"unknown fidelity keys {sorted(unknown)}; expected train, teacher_recipe, name")
+            raise ValueError(f"unknown fidelity keys {sorted(unknown)}; expected train, teacher_recipe, name, final")
         return Fidelity(str(spec.get("name", "custom")), TrainConfig.from_dict(spec.get("train", {})),
-                        str(spec.get("teacher_recipe", "fast")))
+                        str(spec.get("teacher_recipe", "fast")), _check_final(spec.get("final")))
     presets = load_yaml("fidelity.yaml")
     if spec not in presets:
         raise ValueError(f"unknown fidelity {spec!r}; expected one of {', '.join(presets)} or a mapping")
@@ -55,7 +75,21 @@ def load_fidelity(spec: str | Mapping[str, Any], space: str | None = None) -> Fi
     train = dict(preset["train"])
     if space is not None:
         train = dict(preset.get("by_space", {}).get(space, train))
-    return Fidelity(spec, TrainConfig.from_dict(train), preset.get("teacher_recipe", "fast"))
+    return Fidelity(spec, TrainConfig.from_dict(train), preset.get("teacher_recipe", "fast"),
+                    _check_final(preset.get("final")))
+
+
+def _check_final(final: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A fidelity's ``final`` caps, checked: only :data:`FINAL_KEYS`, values a TrainConfig accepts."""
+    if final is None:
+        return None
+    if not isinstance(final, Mapping):
+        raise ValueError(f"a fidelity's final section must be a mapping of {FINAL_KEYS}, got {final!r}")
+    unknown = sorted(set(final) - set(FINAL_KEYS))
+    if unknown:
+        raise ValueError(f"unknown fidelity final key(s) {unknown}; valid keys are {list(FINAL_KEYS)}")
+    TrainConfig.from_dict(dict(final))  # validates the values
+    return dict(final)
 
 
 @dataclass
@@ -89,7 +123,9 @@ class Evaluator:
     """Scores students of one teacher on one dataset at one fidelity.
 
     ``inherit`` is the default weight-inheritance mode (see :func:`netcomp.surgery.inherit_weights`).
-    ``require_smaller`` makes a student that is not smaller than the teacher invalid (N2N).
+    ``require_smaller`` makes a student that is not smaller than the teacher in every one of
+    ``size_metrics`` ("params", "macs") invalid (N2N: params); without it a student may be at most
+    :data:`MAX_GROWTH` times the teacher's size. Either way every reward has a floor (netcomp.rewards).
     ``cache_path`` persists results (one JSON line each) and reloads them on construction.
     ``split`` is where rewards are measured: "val" (default) or "test", which reproduces N2N's reference
     code (it scores students on the test set; a leak, listed in the README's deviations table).
@@ -97,7 +133,8 @@ class Evaluator:
 
     def __init__(self, teacher: Teacher, dataset: Dataset, fidelity: Fidelity, device: str | torch.device = "cpu",
                  seed: int = 0, inherit: str = "reinit", require_smaller: bool = True, min_linear_inputs: int = 1,
-                 cache_path: str | Path | None = None, split: str = "val") -> None:
+                 cache_path: str | Path | None = None, split: str = "val",
+                 size_metrics: Sequence[str] = ("params",)) -> None:
         if split not in ("val", "test"):
             raise ValueError(f"unknown reward split {split!r}; expected 'val' (default) or 'test' (N2N's leak)")
         if inherit not in INHERIT_MODES:
@@ -110,6 +147,10 @@ class Evaluator:
         self.seed = seed
         self.inherit = inherit
         self.require_smaller = require_smaller
+        unknown = sorted(set(size_metrics) - {"params", "macs"})
+        if unknown:
+            raise ValueError(f"unknown size metric(s) {unknown}; expected 'params' and/or 'macs'")
+        self.size_metrics = tuple(size_metrics)
         self.min_linear_inputs = min_linear_inputs
         self.split = split
         self.teacher_params = count_params(teacher.arch)
@@ -160,8 +201,7 @@ class Evaluator:
         results: list[EvalResult | None] = [None] * len(students)
         pending: dict[str, list[int]] = {}
         for i, student in enumerate(students):
-            problem = student_problem(student, self.teacher.arch if self.require_smaller else None,
-                                      self.min_linear_inputs)
+            problem = student_problem(student, None, self.min_linear_inputs) or self.size_problem(student)
             if problem is not None:
                 results[i] = EvalResult(False, _safe_key(student), _safe(count_params, student),
                                         _safe(count_macs, student), invalid_reason=problem)
@@ -180,14 +220,36 @@ class Evaluator:
                     results[j] = _as_cached(result)
         return results  # type: ignore[return-value]
 
+    @property
+    def max_growth(self) -> float:
+        """How many times the teacher's size a valid student may reach (1.0: strictly smaller)."""
+        return 1.0 if self.require_smaller else MAX_GROWTH
+
+    def size_problem(self, student: Arch) -> str | None:
+        """Why a student is too large (see ``require_smaller`` and ``size_metrics``), or None."""
+        for metric in self.size_metrics:
+            value = count_params(student) if metric == "params" else count_macs(student)
+            teacher = self.teacher_params if metric == "params" else self.teacher_macs
+            if self.require_smaller and value >= teacher:
+                return f"student has {value} {metric}, not fewer than the teacher's {teacher}"
+            if not self.require_smaller and value > MAX_GROWTH * teacher:
+                return f"student has {value} {metric}, more than {MAX_GROWTH:g}x the teacher's {teacher}"
+        return None
+
+    def build_student(self, arch: Arch, inherit: str, seed: int) -> nn.Module:
+        """The student module with its inherited weights, initialised from ``seed`` alone.
+
+        The seed is reset for every student, so a student gets the same initial weights (and so the same
+        score) whether it is trained alone or together with others.
+        """
+        torch.manual_seed(seed)
+        module = build_module(arch)
+        inherit_weights(module, arch, self.teacher.model, self.teacher.arch, mode=inherit)
+        return module.to(self.device)
+
     def _train(self, students: Sequence[Arch], inherit: str, seed: int) -> list[EvalResult]:
         start = time.perf_counter()
-        torch.manual_seed(seed)
-        modules = []
-        for arch in students:
-            module = build_module(arch)
-            inherit_weights(module, arch, self.teacher.model, self.teacher.arch, mode=inherit)
-            modules.append(module.to(self.device))
+        modules = [self.build_student(arch, inherit, seed) for arch in students]
         outcomes = train_students(modules, self.dataset, self.fidelity.train, teacher=self.teacher_model,
                                   device=self.device, seed=seed, split=self.split)
         self.trainings += len(students)
@@ -202,21 +264,61 @@ class Evaluator:
         return results
 
 
+    def evaluate_weights(self, student: Arch, state_dict: Mapping[str, torch.Tensor], train: bool = True,
+                         seed: int | None = None) -> EvalResult:
+        """Score a student that arrives with its own weights (a white-box agent's result).
+
+        The student is checked like any other; with ``train`` it is distilled at this fidelity starting
+        from ``state_dict``, otherwise only evaluated on the reward split. Never cached (the weights are
+        the student's identity), always counted as a training.
+        """
+        seed = self.seed if seed is None else seed
+        problem = student_problem(student, None, self.min_linear_inputs) or self.size_problem(student)
+        if problem is not None:
+            return EvalResult(False, _safe_key(student), _safe(count_params, student), _safe(count_macs, student),
+                              invalid_reason=problem)
+        start = time.perf_counter()
+        with torch.random.fork_rng(devices=[]):
+            module = build_module(student)
+            try:
+                module.load_state_dict(dict(state_dict))
+            except RuntimeError as exc:
+                raise ValueError(f"the submitted weights do not fit the submitted architecture: {exc}") from exc
+            module = module.to(self.device)
+            if train:
+                out = train_students([module], self.dataset, self.fidelity.train, teacher=self.teacher_model,
+                                     device=self.device, seed=seed, split=self.split)[0]
+                valid, acc, loss, reason = out.valid, out.accuracy, out.loss, out.invalid_reason
+            else:
+                scored = self.dataset.val if self.split == "val" else self.dataset.test
+                acc, loss = evaluate(module, scored, self.dataset, device=self.device,
+                                     max_items=self.fidelity.train.eval_max)
+                valid, reason = bool(math.isfinite(loss)), None if math.isfinite(loss) else "non-finite loss"
+        self.trainings += 1
+        return EvalResult(valid=valid, arch_key=arch_key(student), params=count_params(student),
+                          macs=count_macs(student), accuracy=float(acc) if valid else 0.0,
+                          loss=float(loss) if valid else float("inf"), eval_seconds=time.perf_counter() - start,
+                          invalid_reason=reason, extra={"submitted": True, "trained": bool(train)})
+
     def train_final(self, student: Arch, config: TrainConfig | None = None,
                     seed: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
         """Train a student to keep, not just to score: build it, inherit as the evaluator does, distil it
-        with ``config`` (default: the fidelity's) and report validation and test accuracy beside the
-        teacher's test accuracy. The global torch RNG is left as it was."""
-        config = config or self.fidelity.train
+        with ``config`` (default: the fidelity's KD run capped by its ``final`` section, so a smoke run's
+        final training takes seconds; a given config is used as it is) and report validation and test
+        accuracy beside the teacher's test accuracy. The global torch RNG is left as it was."""
+        config = self.fidelity.final_config() if config is None else config
         seed = self.seed if seed is None else seed
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = build_module(student)
-            inherit_weights(model, student, self.teacher.model, self.teacher.arch, mode=self.inherit)
-            result = train_model(model.to(self.device), self.dataset, config, teacher=self.teacher_model,
+            model = self.build_student(student, self.inherit, seed)
+            result = train_model(model, self.dataset, config, teacher=self.teacher_model,
                                  device=self.device, seed=seed)
-        test_acc = evaluate(model, self.dataset.test, self.dataset, device=self.device)[0] if result.valid else 0.0
-        teacher_test = evaluate(self.teacher_model, self.dataset.test, self.dataset, device=self.device)[0]
+        # a capped (smoke/fast) final training also caps the test images; the report says how many
+        test_max = (self.fidelity.final or {}).get("eval_max")
+        test_images = min(len(self.dataset.test.y), test_max or len(self.dataset.test.y))
+        test_acc = evaluate(model, self.dataset.test, self.dataset, device=self.device,
+                            max_items=test_max)[0] if result.valid else 0.0
+        teacher_test = evaluate(self.teacher_model, self.dataset.test, self.dataset, device=self.device,
+                                max_items=test_max)[0]
         params = count_params(student)
         report = {
             "valid": bool(result.valid), "invalid_reason": result.invalid_reason,
@@ -224,6 +326,7 @@ class Evaluator:
             "teacher_test_accuracy": float(teacher_test), "params": int(params),
             "teacher_params": int(self.teacher_params), "macs": int(count_macs(student)),
             "compression": 1.0 - params / self.teacher_params, "seconds": float(result.seconds),
+            "test_images": int(test_images), "final_train": config.to_dict(),
         }
         return model, report
 

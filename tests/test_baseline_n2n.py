@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from agents.base import Budget, Recorder, RunLog, make_config
-from agents.n2n import (
+from baselines.n2n import (
     N2NAgent,
     N2NConfig,
     baseline_value,
@@ -301,3 +301,49 @@ def test_removal_policy_transfers_to_a_deeper_teacher(tiny, tmp_path):
     bad = N2NAgent(big.env, N2NConfig(hidden=8))
     with pytest.raises(ValueError, match="does not fit"):
         bad.load_policy(path)
+
+
+# ---------------------------------------------------------------------------------------------- issue 7 switches
+def _records_without_time(records):
+    return [{k: v for k, v in r.items() if k not in ("wall_seconds", "eval_seconds")} for r in records]
+
+
+def test_an_epochs_children_are_trained_together_with_the_same_scores_as_alone(tiny):
+    together, _, rec_together = make_agent(tiny, evaluations=6, finetune=False, stage2_fraction=0.5)
+    alone, _, rec_alone = make_agent(tiny, evaluations=6, finetune=False, stage2_fraction=0.5, batch_children=False)
+    env = together.env.unwrapped
+    before = env.evaluator.trainings
+    together.policy_epoch()
+    assert env.evaluator.trainings - before == len({r["arch_key"] for r in rec_together if r["valid"]})
+    together.run()
+    alone.run()
+    assert len(rec_together) == len(rec_alone) == 6
+    assert _records_without_time(rec_together) == _records_without_time(rec_alone)
+
+
+def test_reference_policy_input_is_the_raw_five_vector(tiny):
+    agent, _, _ = make_agent(tiny, policy_input="reference", finetune=False)
+    obs = agent.observation("removal")
+    env = agent.env.unwrapped
+    assert obs.shape == (len(env.layers), 5) and agent.removal_policy.lstm.input_size == 5
+    conv = env.layers.index("layer1.0.conv1")
+    assert obs[conv].tolist() == [1.0, 3.0, 1.0, 16.0, 1.0]  # [type conv, kernel, stride, #outputs, padding]
+    relu = env.layers.index("layer1.0.relu1")
+    assert obs[relu].tolist() == [3.0, 0.0, 0.0, 0.0, 0.0]
+    agent.run()  # both stages run on the raw input
+    shrink_obs = agent.observation("shrinkage")
+    assert shrink_obs.shape[1] == 5 and float(shrink_obs[:, 3].max()) == 64.0
+    with pytest.raises(ValueError, match="policy_input"):
+        N2NConfig(policy_input="raw")
+
+
+def test_the_final_finetune_follows_the_run_fidelity_unless_told_not_to(tiny):
+    fast = {"finetune_max_steps": None}  # 1 epoch, uncapped
+    agent, _, _ = make_agent(tiny, evaluations=2, stage2_fraction=0.0, **fast)
+    agent.run()
+    smoke_cap = agent.env.unwrapped.evaluator.fidelity.final["max_steps"]
+    assert agent.notes["final"]["finetune"]["max_steps"] is None             # what the config asked for
+    assert agent.notes["final"]["final_train"]["max_steps"] == smoke_cap     # what ran: the smoke cap
+    free, _, _ = make_agent(tiny, evaluations=2, stage2_fraction=0.0, finetune_follow_fidelity=False, **fast)
+    free.run()
+    assert free.notes["final"]["final_train"]["max_steps"] is None

@@ -51,6 +51,22 @@ def test_agents_run_end_to_end_and_fill_the_run_directory(agent, tiny_config, tm
         assert out_shape == (2, 10) and meta["params"] == sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.parametrize("agent", ["random", "ppo"])
+@pytest.mark.parametrize("space", ["removal", "shrinkage", "channel-ratio", "ranking-affine"])
+def test_every_space_runs_end_to_end_and_keeps_its_best_student(space, agent, tiny_config, tmp_path):
+    out = tmp_path / f"{space}-{agent}"
+    assert run("--env", f"{space}-resnet20-synthetic", "--agent", agent, "--budget", 3, "--config", tiny_config,
+               "--out", out) == 0
+    records = read_records(out / "evaluations.jsonl")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["evaluations"] == len(records) == 3
+    best = max((r for r in records if r["valid"]), key=lambda r: r["reward"])
+    model, arch, meta = load_student(out / "best_student.pt")
+    assert meta["index"] == best["index"] == summary["best_student"]["index"]
+    assert meta["params"] == best["params"] == sum(p.numel() for p in model.parameters())
+    assert model(torch.randn(2, 3, TINY["image_size"], TINY["image_size"])).shape == (2, 10)
+
+
 def test_sb3_agents_default_to_sequential_mode(tiny_config, tmp_path):
     run("--env", "shrinkage-resnet20-synthetic", "--agent", "ppo", "--budget", 2, "--config", tiny_config,
         "--out", tmp_path / "p")
