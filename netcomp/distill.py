@@ -23,7 +23,7 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +53,9 @@ CUDA_CHECK_EVERY = 50
 ONECYCLE_PCT_START = 0.3
 ONECYCLE_DIV = 25.0
 ONECYCLE_FINAL_DIV = 1e4
+#: Version of the training-state dict that :func:`train_students` hands to ``on_epoch_end`` and takes
+#: back as ``resume``.
+TRAIN_STATE_VERSION = 1
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -419,7 +422,8 @@ def _drain(students: list[_Student], first_step: int) -> None:
 
 def train_students(students: Sequence[nn.Module], dataset: Dataset, config: TrainConfig,
                    teacher: nn.Module | None = None, device: str | torch.device = "cpu", seed: int = 0,
-                   split: str = "val", progress: bool = False) -> list[TrainResult]:
+                   split: str = "val", progress: bool = False, resume: Mapping[str, Any] | None = None,
+                   on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> list[TrainResult]:
     """Train several students together on one batch stream and evaluate them; one result per student.
 
     All students see the same (seeded) shuffled, augmented batches of ``dataset.train``; for each batch
@@ -435,8 +439,16 @@ def train_students(students: Sequence[nn.Module], dataset: Dataset, config: Trai
     images are moved to ``device`` once per call (no copy if they are there already: callers that train
     many times should put the dataset on the device once, with ``Dataset.to``).
 
+    Resumable training: ``on_epoch_end(state)``, if given, is called after every finished epoch (after
+    its evaluation) with the training state: a dict of CPU tensors and plain values (weights, optimiser
+    and schedule states, step and epoch counters, the per-student book-keeping, the torch RNG state) that
+    ``torch.save`` writes and ``torch.load(weights_only=True)`` reads back. Passing such a state as
+    ``resume`` to a call with the same students (architecture), dataset, config and seed continues after
+    that epoch; on the CPU the outcome is bit-identical to the uninterrupted call (the batches of an epoch
+    depend only on ``seed`` and the epoch number). An exception raised by ``on_epoch_end`` propagates.
+
     Raises ValueError for an empty student list, a loss that needs a teacher when none is given, a bad
-    ``split`` or a training set with no batch.
+    ``split``, a training set with no batch, or a ``resume`` state that does not fit this training.
     """
     start_time = time.perf_counter()
     if not isinstance(config, TrainConfig):
@@ -490,13 +502,17 @@ def train_students(students: Sequence[nn.Module], dataset: Dataset, config: Trai
                 opt, lambda s: lr_multiplier(config, s, total_steps, steps_per_epoch))
         states.append(_Student(i, model, opt, sched, was_training))
 
+    first_epoch, step = 1, 0
+    if resume is not None:
+        first_epoch = _restore_state(resume, states, loader, device, steps_per_epoch, total_steps) + 1
+        step = int(resume["step"])
+
     check_every = CUDA_CHECK_EVERY if device.type == "cuda" else 1
     evaluate_each_epoch = config.eval_every_epoch or config.keep_best
-    bar = tqdm(total=total_steps, disable=not progress, desc="train", unit="step", leave=False)
-    step = 0
-    window_start = 1
+    bar = tqdm(total=total_steps, initial=step, disable=not progress, desc="train", unit="step", leave=False)
+    window_start = step + 1
     try:
-        for epoch in range(1, n_epochs + 1):
+        for epoch in range(first_epoch, n_epochs + 1):
             for s in states:
                 s.epoch_loss_sum, s.epoch_steps = 0.0, 0
             for x, y in loader:
@@ -549,6 +565,8 @@ def train_students(students: Sequence[nn.Module], dataset: Dataset, config: Trai
                         if config.keep_best:
                             s.best_state = {k: v.detach().clone() for k, v in s.model.state_dict().items()}
                 s.history.append(entry)
+            if on_epoch_end is not None:
+                on_epoch_end(_capture_state(states, epoch, step, device, steps_per_epoch, total_steps))
             if last_epoch:
                 break
     finally:
@@ -576,6 +594,68 @@ def train_students(students: Sequence[nn.Module], dataset: Dataset, config: Trai
     return results
 
 
+def _cpu_copy(value: Any) -> Any:
+    """A deep copy of nested dicts/lists/tuples with every tensor detached and copied to the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _cpu_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cpu_copy(v) for v in value)
+    return value
+
+
+_BOOKKEEPING = ("active", "steps", "history", "best_acc", "best_loss", "best_epoch", "last_acc", "last_loss",
+                "invalid_reason")
+
+
+def _capture_state(states: list[_Student], epoch: int, step: int, device: torch.device, steps_per_epoch: int,
+                   total_steps: int) -> dict[str, Any]:
+    """The training state after ``epoch`` (see :func:`train_students`): CPU copies, safe to keep or save."""
+    students = []
+    for s in states:
+        entry = {name: _cpu_copy(getattr(s, name)) for name in _BOOKKEEPING}
+        entry["model"] = _cpu_copy(s.model.state_dict())
+        entry["optimizer"] = _cpu_copy(s.optimizer.state_dict())
+        entry["scheduler"] = _cpu_copy(s.scheduler.state_dict()) if s.scheduler is not None else None
+        entry["best_state"] = _cpu_copy(s.best_state)
+        students.append(entry)
+    return {
+        "version": TRAIN_STATE_VERSION, "epoch": epoch, "step": step, "steps_per_epoch": steps_per_epoch,
+        "total_steps": total_steps, "students": students, "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+    }
+
+
+def _restore_state(resume: Mapping[str, Any], states: list[_Student], loader: DeviceLoader, device: torch.device,
+                   steps_per_epoch: int, total_steps: int) -> int:
+    """Load a state from :func:`_capture_state` into fresh students and the loader; returns its epoch."""
+    if not isinstance(resume, Mapping) or resume.get("version") != TRAIN_STATE_VERSION:
+        version = resume.get("version") if isinstance(resume, Mapping) else type(resume).__name__
+        raise ValueError(f"resume state has version {version!r}, expected {TRAIN_STATE_VERSION}")
+    want = {"students": len(states), "steps_per_epoch": steps_per_epoch, "total_steps": total_steps}
+    got = {"students": len(resume.get("students", ())), "steps_per_epoch": resume.get("steps_per_epoch"),
+           "total_steps": resume.get("total_steps")}
+    if got != want:
+        raise ValueError(f"resume state does not fit this training: it has {got}, this training has {want}")
+    for s, saved in zip(states, resume["students"]):
+        s.model.load_state_dict(saved["model"])
+        s.optimizer.load_state_dict(saved["optimizer"])
+        if s.scheduler is not None:
+            s.scheduler.load_state_dict(saved["scheduler"])
+        for name in _BOOKKEEPING:
+            setattr(s, name, _cpu_copy(saved[name]))
+        best = saved["best_state"]
+        s.best_state = {k: v.to(device) for k, v in best.items()} if best is not None else None
+    torch.set_rng_state(resume["rng"])
+    cuda_rng = list(resume.get("cuda_rng") or [])
+    if device.type == "cuda" and cuda_rng and len(cuda_rng) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_rng)
+    epoch = int(resume["epoch"])
+    loader.set_epoch(epoch)  # the next iteration is epoch + 1 (the loader counts epochs from 0)
+    return epoch
+
+
 def _set_postfix(bar: tqdm, states: list[_Student], progress: bool) -> None:
     """Show the mean training loss of this epoch (active students) on the progress bar."""
     if not progress:
@@ -587,7 +667,9 @@ def _set_postfix(bar: tqdm, states: list[_Student], progress: bool) -> None:
 
 def train_model(model: nn.Module, dataset: Dataset, config: TrainConfig, teacher: nn.Module | None = None,
                 device: str | torch.device = "cpu", seed: int = 0, split: str = "val",
-                progress: bool = False) -> TrainResult:
-    """Train one model (see :func:`train_students`, which this wraps) and return its result."""
+                progress: bool = False, resume: Mapping[str, Any] | None = None,
+                on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+    """Train one model (see :func:`train_students`, which this wraps, also for ``resume`` and
+    ``on_epoch_end``) and return its result."""
     return train_students([model], dataset, config, teacher=teacher, device=device, seed=seed, split=split,
-                          progress=progress)[0]
+                          progress=progress, resume=resume, on_epoch_end=on_epoch_end)[0]

@@ -4,6 +4,10 @@ A teacher file holds the state dict and a metadata dict of plain values (arch, d
 recipe, validation and test accuracy, seed, params, MACs), so it loads with ``torch.load(weights_only=True)``.
 Cached teachers live under ``$NETCOMP_HOME/teachers`` (default ``~/.cache/netcomp``), one file per
 (arch, dataset, recipe, seed).
+
+Nothing is lost: :func:`get_teacher` checks that the cache folder is writable before it trains, writes a
+partial checkpoint (``<teacher file>.partial``) after every epoch, resumes from it when called again, and
+removes it once the teacher file is saved. Files are written atomically (temporary file, fsync, rename).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import json
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,12 +29,22 @@ from torch import nn
 from netcomp.arch import Arch
 from netcomp.data import Dataset
 from netcomp.distill import TrainConfig, evaluate, train_model
+from netcomp.files import torch_save_atomic as _atomic_save
 from netcomp.metrics import count_macs, count_params
 from netcomp.surgery import build_module
 from netcomp.zoo import build_arch
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 FORMAT_VERSION = 1
+#: ``kind`` of a partial (unfinished) teacher training checkpoint, and its format version.
+PARTIAL_KIND = "netcomp-teacher-partial"
+PARTIAL_FORMAT = 1
+#: Metadata keys a teacher file must have for :func:`load_teacher` to rebuild its module.
+_REQUIRED_META = ("format", "arch", "in_channels", "image_size", "num_classes")
+
+
+class CacheNotWritableError(OSError):
+    """The teacher cache folder cannot be created or written (raised before any training starts)."""
 
 
 def netcomp_home() -> Path:
@@ -61,6 +76,8 @@ class Teacher:
     arch: Arch
     model: nn.Module
     meta: dict[str, Any]
+    #: The file it was loaded from or saved to (None for a teacher only in memory); named in errors.
+    path: Path | None = None
 
     @property
     def val_accuracy(self) -> float:
@@ -90,22 +107,108 @@ def teacher_path(arch_name: str, dataset: Dataset, recipe: str, seed: int, home:
     return (home or netcomp_home()) / "teachers" / name
 
 
+def partial_path(path: Path) -> Path:
+    """The partial-training checkpoint kept next to a teacher file while that teacher trains."""
+    path = Path(path)
+    return path.with_name(path.name + ".partial")
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and prove it is writable by creating and removing a temporary file.
+
+    Raises :class:`CacheNotWritableError` naming the folder and the way out (``NETCOMP_HOME`` or
+    ``home=``), so an unwritable cache fails before hours of training rather than after.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise CacheNotWritableError(
+            f"teacher cache folder {folder} is not writable ({type(exc).__name__}: {exc}); a trained teacher "
+            f"could not be saved there. Set NETCOMP_HOME to a writable folder, or pass home=<writable folder> "
+            f"(get_teacher, or gymnasium.make(..., home=...))") from exc
+
+
+def check_teacher_fits(teacher: Teacher, arch_name: str, dataset: Dataset) -> None:
+    """Raise ValueError unless ``teacher`` is a ``arch_name`` made for ``dataset``.
+
+    Compared: the architecture name, the dataset name, the number of classes, input channels and image
+    size (of the teacher's module), and the fingerprint of the data it was trained on
+    (:func:`data_fingerprint`, recorded in its metadata). The error names the teacher's file, each
+    mismatching field, the teacher's value and the env's value. A teacher file without a recorded
+    fingerprint (saved by an older netcomp) is accepted with a warning; a teacher built in memory with
+    no metadata is checked on its shapes (and ``arch.family``) only.
+    """
+    where = f"teacher file {teacher.path}" if teacher.path is not None else "the teacher passed in"
+    meta = teacher.meta or {}
+    arch = teacher.arch
+    fields: list[tuple[str, Any, Any]] = [
+        ("arch", meta.get("arch", arch.family or None), arch_name),
+        ("dataset", meta.get("dataset"), dataset.name),
+        ("num_classes", arch.num_classes, dataset.num_classes),
+        ("in_channels", arch.in_channels, dataset.channels),
+        ("image_size", arch.image_size, dataset.image_size),
+    ]
+    wrong = [(name, have, want) for name, have, want in fields if have is not None and have != want]
+    if not wrong:
+        recorded = meta.get("data_fingerprint")
+        if recorded is not None:
+            actual = data_fingerprint(dataset)
+            if recorded != actual:
+                wrong.append(("data_fingerprint", recorded, actual))
+        elif teacher.path is not None or "format" in meta:
+            warnings.warn(f"{where} records no data fingerprint (saved by an older netcomp), so it cannot be "
+                          f"checked to have been trained on this {dataset.name} data; accepting it",
+                          stacklevel=2)
+    if wrong:
+        details = "; ".join(f"{name} is {have!r} in the teacher but {want!r} for the env" for name, have, want in wrong)
+        hint = (" (the teacher was trained on other data: another subset, split sizes or generator seed)"
+                if wrong[0][0] == "data_fingerprint" else "")
+        raise ValueError(f"{where} does not fit a {arch_name} env on {dataset.name}: {details}{hint}")
+
+
 def arch_for(arch_name: str, dataset: Dataset) -> Arch:
     """The zoo architecture sized for a dataset's images and classes."""
     return build_arch(arch_name, dataset.channels, dataset.image_size, dataset.num_classes)
 
 
 def train_teacher(arch_name: str, dataset: Dataset, recipe: str | dict = "fast", device: str | torch.device = "cpu",
-                  seed: int = 0, progress: bool = True) -> Teacher:
-    """Train a zoo model on ``dataset``'s training split with cross-entropy and measure it."""
+                  seed: int = 0, progress: bool = True, checkpoint: str | Path | None = None) -> Teacher:
+    """Train a zoo model on ``dataset``'s training split with cross-entropy and measure it.
+
+    With ``checkpoint`` (a file path) the training state is written there atomically after every epoch,
+    and a checkpoint already there from the same (arch, data, recipe, seed) is resumed from, so a killed
+    training loses at most one epoch; on the CPU the resumed teacher is bit-identical to an uninterrupted
+    one. An unreadable or foreign checkpoint is ignored with a warning. The file is left in place (the
+    caller removes it once the teacher is saved, as :func:`get_teacher` does).
+    """
     recipe_name, config = load_recipe(recipe)
     if config.loss != "ce":
         raise ValueError(f"teacher recipe {recipe_name!r} uses loss {config.loss!r}; teachers train with 'ce'")
     arch = arch_for(arch_name, dataset)
+    fingerprint = data_fingerprint(dataset)
     torch.manual_seed(seed)
     model = build_module(arch).to(device)
+    key = {"arch": arch_name, "dataset": dataset.name, "data_fingerprint": fingerprint, "recipe": recipe_name,
+           "recipe_config": config.to_dict(), "seed": seed}
+    resume, earlier_seconds = None, 0.0
+    on_epoch_end = None
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        resume, earlier_seconds = _read_partial(checkpoint, key)
+        if resume is not None and progress:
+            print(f"resuming teacher training from {checkpoint} after epoch {resume['epoch']}")
     start = time.perf_counter()
-    result = train_model(model, dataset, config, device=device, seed=seed, progress=progress)
+    if checkpoint is not None:
+        def on_epoch_end(state: dict[str, Any]) -> None:
+            _atomic_save({"kind": PARTIAL_KIND, "format": PARTIAL_FORMAT, "key": key,
+                          "seconds": earlier_seconds + time.perf_counter() - start, "state": state}, checkpoint)
+
+    result = train_model(model, dataset, config, device=device, seed=seed, progress=progress, resume=resume,
+                         on_epoch_end=on_epoch_end)
     if not result.valid:
         raise RuntimeError(f"teacher training diverged: {result.invalid_reason}")
     val_acc, _ = evaluate(model, dataset.val, dataset, device=device)
@@ -114,51 +217,115 @@ def train_teacher(arch_name: str, dataset: Dataset, recipe: str | dict = "fast",
         "format": FORMAT_VERSION, "arch": arch_name, "dataset": dataset.name,
         "in_channels": dataset.channels, "image_size": dataset.image_size, "num_classes": dataset.num_classes,
         "split": {"train": len(dataset.train), "val": len(dataset.val), "test": len(dataset.test)},
+        "data_fingerprint": fingerprint,
         "recipe": recipe_name, "recipe_config": config.to_dict(), "seed": seed,
         "val_accuracy": val_acc, "test_accuracy": test_acc,
         "params": count_params(arch), "macs": count_macs(arch),
-        "train_seconds": time.perf_counter() - start, "torch": str(torch.__version__),
+        "train_seconds": earlier_seconds + time.perf_counter() - start, "torch": str(torch.__version__),
     }
     return Teacher(arch, model.eval(), meta)
 
 
+def _read_partial(path: Path, key: dict[str, Any]) -> tuple[dict[str, Any] | None, float]:
+    """(training state, seconds already spent) of a usable partial checkpoint, else (None, 0.0)."""
+    if not path.exists():
+        return None, 0.0
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unreadable file: start again rather than fail
+        warnings.warn(f"ignoring unreadable partial teacher checkpoint {path} ({type(exc).__name__}: {exc}); "
+                      f"training from scratch", stacklevel=3)
+        return None, 0.0
+    if not (isinstance(blob, dict) and blob.get("kind") == PARTIAL_KIND and blob.get("format") == PARTIAL_FORMAT
+            and isinstance(blob.get("state"), dict)):
+        warnings.warn(f"ignoring {path}: not a partial teacher checkpoint of format {PARTIAL_FORMAT}; "
+                      f"training from scratch", stacklevel=3)
+        return None, 0.0
+    if blob.get("key") != key:
+        warnings.warn(f"ignoring partial teacher checkpoint {path}: it was written for {blob.get('key')}, "
+                      f"not {key}; training from scratch", stacklevel=3)
+        return None, 0.0
+    return blob["state"], float(blob.get("seconds", 0.0))
+
+
 def save_teacher(teacher: Teacher, path: Path) -> None:
     """Write weights and metadata atomically (a crash never leaves a half-written teacher)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in teacher.model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")  # unique: concurrent savers never collide
-    os.close(fd)
+    _atomic_save({"state_dict": state, "meta": teacher.meta}, Path(path))
+
+
+def _not_a_teacher(path: Path, why: str) -> ValueError:
+    return ValueError(f"{path} is not a netcomp teacher checkpoint: {why}")
+
+
+def load_teacher(path: str | Path, device: str | torch.device = "cpu") -> Teacher:
+    """Load a saved teacher (weights_only=True) and rebuild its module from the zoo.
+
+    A missing file raises FileNotFoundError; anything else that is not a teacher file (text, random
+    bytes, a plain state dict, another torch file, an unfinished training's partial checkpoint, weights
+    that do not fit the recorded architecture) raises ValueError "<path> is not a netcomp teacher
+    checkpoint: <why>"; a teacher of another format version raises ValueError naming both formats.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"teacher file {path} does not exist")
+    if not path.is_file():
+        raise _not_a_teacher(path, "it is not a regular file")
     try:
-        torch.save({"state_dict": state, "meta": teacher.meta}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def load_teacher(path: Path, device: str | torch.device = "cpu") -> Teacher:
-    """Load a saved teacher (weights_only=True) and rebuild its module from the zoo."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    meta = blob["meta"]
-    if meta.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{path}: teacher format {meta.get('format')!r}, expected {FORMAT_VERSION}")
-    arch = build_arch(meta["arch"], meta["in_channels"], meta["image_size"], meta["num_classes"])
-    model = build_module(arch)
-    model.load_state_dict(blob["state_dict"])
-    return Teacher(arch, model.to(device).eval(), meta)
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load fails in many ways on foreign files
+        raise _not_a_teacher(path, f"torch.load(weights_only=True) cannot read it "
+                                   f"({type(exc).__name__}: {exc})") from exc
+    if isinstance(blob, dict) and blob.get("kind") == PARTIAL_KIND:
+        raise _not_a_teacher(path, "it is the partial checkpoint of an unfinished teacher training "
+                                   "(get_teacher resumes it)")
+    if not isinstance(blob, dict) or not {"state_dict", "meta"} <= set(blob):
+        found = sorted(map(str, blob))[:8] if isinstance(blob, dict) else type(blob).__name__
+        raise _not_a_teacher(path, f"expected a dict with 'state_dict' and 'meta', found {found}")
+    meta, state = blob["meta"], blob["state_dict"]
+    if not isinstance(meta, dict):
+        raise _not_a_teacher(path, f"its 'meta' is a {type(meta).__name__}, expected a dict")
+    missing = [k for k in _REQUIRED_META if k not in meta]
+    if missing:
+        raise _not_a_teacher(path, f"its metadata lacks {missing}")
+    if meta["format"] != FORMAT_VERSION:
+        raise ValueError(f"{path}: teacher format {meta['format']!r}, expected {FORMAT_VERSION}")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise _not_a_teacher(path, "its 'state_dict' is not a dict of tensors")
+    try:
+        arch = build_arch(meta["arch"], meta["in_channels"], meta["image_size"], meta["num_classes"])
+        model = build_module(arch)
+    except Exception as exc:  # unknown arch or impossible sizes in a foreign file
+        raise _not_a_teacher(path, f"cannot build its architecture {meta['arch']!r} "
+                                   f"({type(exc).__name__}: {exc})") from exc
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise _not_a_teacher(path, f"its weights do not fit a {meta['arch']} ({exc})") from exc
+    return Teacher(arch, model.to(device).eval(), meta, path=path)
 
 
 def get_teacher(arch_name: str, dataset: Dataset, recipe: str = "fast", seed: int = 0,
                 device: str | torch.device = "cpu", home: Path | None = None, train_if_missing: bool = True,
                 progress: bool = True) -> Teacher:
-    """The cached teacher for (arch, dataset, recipe, seed), training and caching it the first time."""
+    """The cached teacher for (arch, dataset, recipe, seed), training and caching it the first time.
+
+    Before training, the cache folder is checked to be writable (:class:`CacheNotWritableError` if not).
+    Training checkpoints after every epoch to :func:`partial_path` of the teacher file and a later call
+    resumes from there; the partial file is removed once the teacher file is saved.
+    """
     path = teacher_path(arch_name, dataset, recipe, seed, home)
     if path.exists():
         return load_teacher(path, device)
     if not train_if_missing:
         raise FileNotFoundError(f"no cached teacher at {path}; train one with train_if_missing=True")
+    check_writable(path.parent)
     if progress:
         print(f"training teacher {arch_name} on {dataset.name} (recipe {recipe}); cached at {path}")
-    teacher = train_teacher(arch_name, dataset, recipe, device=device, seed=seed, progress=progress)
+    partial = partial_path(path)
+    teacher = train_teacher(arch_name, dataset, recipe, device=device, seed=seed, progress=progress,
+                            checkpoint=partial)
     save_teacher(teacher, path)
+    teacher.path = path
+    partial.unlink(missing_ok=True)
     return teacher

@@ -9,8 +9,10 @@ cache, and bad recipes are refused before any training starts. Everything runs o
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +26,16 @@ from netcomp.distill import TrainConfig, evaluate
 from netcomp.metrics import count_macs, count_params
 from netcomp.surgery import build_module
 from netcomp.teachers import (
+    CacheNotWritableError,
     Teacher,
     arch_for,
+    check_teacher_fits,
     get_teacher,
     load_recipe,
     load_teacher,
     load_yaml,
     netcomp_home,
+    partial_path,
     save_teacher,
     teacher_path,
     train_teacher,
@@ -161,6 +166,7 @@ def test_metadata_describes_the_teacher(syn: Dataset, syn_teacher: Teacher) -> N
     assert meta["recipe"] == "custom"
     assert meta["recipe_config"] == TrainConfig.from_dict(SYNTHETIC_RECIPE).to_dict()
     assert meta["seed"] == 2
+    assert meta["data_fingerprint"] == teachers.data_fingerprint(syn)
     arch = arch_for("lenet5", syn)
     assert syn_teacher.arch == arch
     # Parameter count from the IR agrees with the real module; MACs come from the same IR.
@@ -312,3 +318,233 @@ def test_cache_name_follows_the_recipe_content(tmp_path, monkeypatch):
     recipes["fast"] = {**recipes["fast"], "epochs": 7}
     monkeypatch.setattr(teachers, "load_yaml", lambda name: recipes)
     assert teachers.teacher_path("lenet5", data, "fast", 0, tmp_path) != before
+
+
+# ---------------------------------------------------------------------------------------------- fit to the env
+def test_teacher_file_for_other_classes_and_size_is_rejected_by_the_env(tmp_path: Path) -> None:
+    from envs.removal import RemovalEnv
+
+    other = load_dataset("synthetic", image_size=16, num_classes=20, train_size=128, val_size=32, test_size=32)
+    path = tmp_path / "other.pt"
+    save_teacher(train_teacher("lenet5", other, recipe="smoke", progress=False), path)
+    env_data = {"train_size": 128, "test_size": 32}  # synthetic defaults: 10 classes, 32x32 images
+    with pytest.raises(ValueError) as err:
+        RemovalEnv(arch="lenet5", dataset="synthetic", teacher=str(path), dataset_kwargs=env_data)
+    message = str(err.value)
+    assert str(path) in message
+    assert re.search(r"num_classes is 20 in the teacher but 10 for the env", message), message
+    assert re.search(r"image_size is 16 in the teacher but 32 for the env", message), message
+    # the same teacher handed over in memory is refused as well
+    with pytest.raises(ValueError, match="num_classes is 20"):
+        RemovalEnv(arch="lenet5", dataset="synthetic", teacher=load_teacher(path), dataset_kwargs=env_data)
+
+
+def test_check_teacher_fits_compares_name_shape_and_data_fingerprint(tmp_path: Path, tiny_ds: Dataset) -> None:
+    teacher = train_teacher("lenet5", tiny_ds, recipe="smoke", seed=0, progress=False)
+    path = tmp_path / "t.pt"
+    save_teacher(teacher, path)
+    loaded = load_teacher(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_teacher_fits(loaded, "lenet5", tiny_ds)  # the data it was trained on: silent
+    with pytest.raises(ValueError, match=re.escape(f"teacher file {path}") + ".*arch is 'lenet5'.*'resnet20'"):
+        check_teacher_fits(loaded, "resnet20", tiny_ds)
+    # same shapes and sizes, other images (another generator seed): only the fingerprint tells
+    same_shape = load_dataset("synthetic", image_size=16, train_size=256, val_size=64, test_size=64, seed=7)
+    fp = teachers.data_fingerprint(same_shape)
+    with pytest.raises(ValueError, match=f"data_fingerprint is '{loaded.meta['data_fingerprint']}'.*'{fp}'"):
+        check_teacher_fits(loaded, "lenet5", same_shape)
+    with pytest.raises(ValueError, match="dataset is 'synthetic' in the teacher but 'cifar10' for the env"):
+        check_teacher_fits(loaded, "lenet5", dataclasses.replace(tiny_ds, name="cifar10"))
+    # an old file without a recorded fingerprint is accepted, with a warning naming it
+    blob = torch.load(path, weights_only=True)
+    del blob["meta"]["data_fingerprint"]
+    old = tmp_path / "old.pt"
+    torch.save(blob, old)
+    with pytest.warns(UserWarning, match=re.escape(str(old)) + ".*no data fingerprint"):
+        check_teacher_fits(load_teacher(old), "lenet5", same_shape)
+
+
+def test_env_cache_tells_apart_datasets_of_equal_size(tmp_path: Path) -> None:
+    from envs.base import _cached_teacher
+
+    sizes = {"train_size": 128, "val_size": 32, "test_size": 32}
+    small = load_dataset("synthetic", image_size=16, **sizes)
+    large = load_dataset("synthetic", image_size=32, **sizes)
+    a = _cached_teacher("lenet5", small, "smoke", 0, str(tmp_path))
+    b = _cached_teacher("lenet5", large, "smoke", 0, str(tmp_path))
+    assert (a.arch.image_size, b.arch.image_size) == (16, 32)
+
+
+# ---------------------------------------------------------------------------------------------- foreign files
+def _write_text(path: Path) -> None:
+    path.write_text("hello, I am a text file\n" * 20)
+
+
+def _write_random(path: Path) -> None:
+    path.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0),
+                                   dtype=torch.uint8).numpy().tobytes())
+
+
+def _write_state_dict(path: Path) -> None:
+    torch.save(nn.Linear(3, 2).state_dict(), path)
+
+
+def _write_tensor(path: Path) -> None:
+    torch.save(torch.zeros(3), path)
+
+
+def _write_partial_dict(path: Path) -> None:
+    torch.save({"state_dict": {}, "meta": {"arch": "lenet5"}}, path)
+
+
+@pytest.mark.parametrize("write", [_write_text, _write_random, _write_state_dict, _write_tensor, _write_partial_dict])
+def test_load_teacher_rejects_files_that_are_not_teachers(tmp_path: Path, write: Any) -> None:
+    path = tmp_path / "not-a-teacher.pt"
+    write(path)
+    with pytest.raises(ValueError, match=re.escape(f"{path} is not a netcomp teacher checkpoint: ")):
+        load_teacher(path)
+
+
+def test_load_teacher_rejects_weights_of_another_architecture(tmp_path: Path, syn_teacher: Teacher) -> None:
+    path = tmp_path / "t.pt"
+    blob = {"state_dict": state_of(syn_teacher.model), "meta": {**syn_teacher.meta, "arch": "resnet20"}}
+    torch.save(blob, path)
+    with pytest.raises(ValueError, match=re.escape(f"{path} is not a netcomp teacher checkpoint: ") + ".*resnet20"):
+        load_teacher(path)
+
+
+def test_load_teacher_missing_file_names_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere" / "teacher.pt"
+    with pytest.raises(FileNotFoundError, match=re.escape(str(path))):
+        load_teacher(path)
+
+
+def test_env_with_a_text_file_as_teacher_says_it_is_not_a_checkpoint(tmp_path: Path) -> None:
+    from envs.removal import RemovalEnv
+
+    path = tmp_path / "notes.txt"
+    _write_text(path)
+    with pytest.raises(ValueError, match=re.escape(f"{path} is not a netcomp teacher checkpoint")):
+        RemovalEnv(arch="lenet5", dataset="synthetic", teacher=str(path),
+                   dataset_kwargs={"train_size": 64, "test_size": 16})
+
+
+# ---------------------------------------------------------------------------------------------- resumable training
+#: Three short epochs (4 batches of 64 on ``tiny_ds``) with every piece of state a resume must carry:
+#: SGD momentum buffers, a one-cycle schedule, augmentation and per-epoch evaluation.
+RESUME_RECIPES: dict[str, dict[str, Any]] = {
+    "resume-sgd": {"loss": "ce", "epochs": 3, "batch_size": 64, "optimizer": "sgd", "lr": 0.05, "momentum": 0.9,
+                   "nesterov": True, "schedule": "onecycle", "augment": True, "eval_every_epoch": True},
+    "resume-adam": {"loss": "ce", "epochs": 3, "batch_size": 64, "optimizer": "adam", "lr": 3e-3,
+                    "schedule": "cosine", "keep_best": True},
+}
+
+
+class Killed(Exception):
+    """Stands for a kill of the process right after a partial checkpoint was written."""
+
+
+@pytest.mark.parametrize("recipe", sorted(RESUME_RECIPES))
+def test_killed_teacher_training_resumes_to_the_same_weights(tmp_path: Path, tiny_ds: Dataset, recipe: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    recipes = {**load_yaml("teachers.yaml"), **RESUME_RECIPES}
+    monkeypatch.setattr(teachers, "load_yaml", lambda name: recipes)
+    real_save, real_train = teachers._atomic_save, teachers.train_model
+    written: list[int] = []  # epochs whose partial checkpoint was written
+    resumed: list[int | None] = []  # the epoch each train_model call resumed after (None: from scratch)
+    kill_after: list[int] = []
+
+    def recording_save(obj: Any, path: Path) -> None:
+        real_save(obj, path)
+        if Path(path).name.endswith(".partial"):
+            written.append(obj["state"]["epoch"])
+            if written[-1] in kill_after:
+                raise Killed
+
+    def recording_train(*args: Any, **kwargs: Any) -> Any:
+        resumed.append(kwargs["resume"]["epoch"] if kwargs.get("resume") is not None else None)
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(teachers, "_atomic_save", recording_save)
+    monkeypatch.setattr(teachers, "train_model", recording_train)
+
+    whole = get_teacher("lenet5", tiny_ds, recipe=recipe, seed=4, home=tmp_path / "whole", progress=False)
+    assert (written, resumed) == ([1, 2, 3], [None])
+    assert not partial_path(teacher_path("lenet5", tiny_ds, recipe, 4, tmp_path / "whole")).exists()
+
+    written.clear(), resumed.clear()
+    kill_after.append(1)
+    home = tmp_path / "killed"
+    path = teacher_path("lenet5", tiny_ds, recipe, 4, home)
+    with pytest.raises(Killed):
+        get_teacher("lenet5", tiny_ds, recipe=recipe, seed=4, home=home, progress=False)
+    assert written == [1] and partial_path(path).is_file() and not path.exists()
+    assert [p.name for p in path.parent.iterdir()] == [partial_path(path).name]  # no temporary file left
+
+    written.clear(), resumed.clear()
+    kill_after.clear()
+    again = get_teacher("lenet5", tiny_ds, recipe=recipe, seed=4, home=home, progress=False)
+    assert resumed == [1] and written == [2, 3]  # epoch 1 was not trained again
+    assert path.is_file() and not partial_path(path).exists()
+    assert same_state(state_of(again.model), state_of(whole.model))  # bit-identical on the CPU
+    drop = {"train_seconds"}
+    assert {k: v for k, v in again.meta.items() if k not in drop} == {
+        k: v for k, v in whole.meta.items() if k not in drop}
+    assert same_state(state_of(load_teacher(path).model), state_of(whole.model))
+
+
+def test_unreadable_partial_checkpoint_is_ignored_with_a_warning(tmp_path: Path, tiny_ds: Dataset) -> None:
+    path = teacher_path("lenet5", tiny_ds, "smoke", 0, tmp_path)
+    path.parent.mkdir(parents=True)
+    partial_path(path).write_text("garbage")
+    with pytest.warns(UserWarning, match=re.escape(str(partial_path(path)))):
+        teacher = get_teacher("lenet5", tiny_ds, recipe="smoke", seed=0, home=tmp_path, progress=False)
+    reference = train_teacher("lenet5", tiny_ds, recipe="smoke", seed=0, progress=False)
+    assert same_state(state_of(teacher.model), state_of(reference.model))
+    assert path.is_file() and not partial_path(path).exists()
+
+
+def test_partial_checkpoint_is_not_loaded_as_a_teacher(tmp_path: Path, tiny_ds: Dataset) -> None:
+    partial = tmp_path / "t.pt.partial"
+
+    def stop(state: dict[str, Any]) -> None:
+        torch.save({"kind": teachers.PARTIAL_KIND, "format": teachers.PARTIAL_FORMAT, "state": state}, partial)
+        raise Killed
+
+    with pytest.raises(Killed):
+        teachers.train_model(build_module(arch_for("lenet5", tiny_ds)), tiny_ds, load_recipe("smoke")[1],
+                             on_epoch_end=stop)
+    with pytest.raises(ValueError, match=re.escape(f"{partial} is not a netcomp teacher checkpoint: ") + ".*partial"):
+        load_teacher(partial)
+
+
+# ---------------------------------------------------------------------------------------------- unwritable cache
+def test_unwritable_cache_fails_before_training(tmp_path: Path, tiny_ds: Dataset,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # A folder under a regular file can never be created, even by root (chmod would not stop root).
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    home = blocker / "sub"
+    forbid_training(monkeypatch)
+    with pytest.raises(CacheNotWritableError) as err:
+        get_teacher("lenet5", tiny_ds, recipe="smoke", home=home, progress=False)
+    message = str(err.value)
+    assert str(home / "teachers") in message and "NETCOMP_HOME" in message and "home=" in message
+    assert isinstance(err.value, OSError)
+
+    monkeypatch.setenv("NETCOMP_HOME", str(home))  # the same through the environment variable
+    with pytest.raises(CacheNotWritableError, match=re.escape(str(home / "teachers"))):
+        get_teacher("lenet5", tiny_ds, recipe="smoke", progress=False)
+
+
+def test_teacher_file_is_fsynced_before_it_is_renamed_into_place(tmp_path: Path, syn_teacher: Teacher,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
+    path = tmp_path / "t.pt"
+    save_teacher(syn_teacher, path)
+    assert events[:2] == ["fsync", "replace"]
+    assert same_state(state_of(load_teacher(path).model), state_of(syn_teacher.model))
