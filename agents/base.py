@@ -19,7 +19,6 @@ agents stop when ``budget.exhausted``. Agents save and load their state so a kil
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -30,7 +29,9 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from netcomp.arch import Arch, arch_to_dict
+from netcomp.arch import Arch, arch_from_dict, arch_to_dict
+from netcomp.files import torch_save_atomic
+from netcomp.jsonl import append_jsonl, read_jsonl
 
 
 class BudgetExhausted(RuntimeError):
@@ -121,8 +122,7 @@ class RunLog:
     def add(self, record: dict) -> None:
         self.records.append(record)
         if self.path is not None and record["index"] >= self.skip_until:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_jsonl(self.path, record)
         for callback in self.callbacks:
             callback(record)
 
@@ -222,17 +222,12 @@ class Recorder(gym.Wrapper):
 
 
 def read_records(path: Path) -> list[dict]:
-    """The evaluations a run has written (a torn last line from a kill is ignored)."""
-    if not path.exists():
-        return []
-    records = []
-    with open(path) as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return records
+    """The evaluations a run has written ([] if none).
+
+    A torn last line (a kill or a full disk mid-append) is dropped and cut off the file, so a resumed run
+    appends on a clean line; a bad line in the middle is skipped with a warning (see netcomp.jsonl).
+    """
+    return read_jsonl(path)
 
 
 class Agent(ABC):
@@ -307,6 +302,18 @@ class Agent(ABC):
     def load_state(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state["rng"]
 
+    def student_of(self, record: dict) -> Arch | None:
+        """The student architecture of one of this run's records (None if this agent cannot rebuild it).
+
+        A submitted student carries its architecture; an episode of the run's env is rebuilt from its action.
+        Agents that act on other envs (N2N's stage 2) extend this.
+        """
+        if record.get("student") is not None:
+            return arch_from_dict(record["student"])
+        if record.get("space") == self.env.unwrapped.space and record.get("action") is not None:
+            return self.env.unwrapped.student_for(record["action"])
+        return None
+
     def final_action(self) -> Any:
         """The action of the best student found (white-box agents return their result here)."""
         best = self.env.best
@@ -333,18 +340,8 @@ def check_budget_units(agent: type[Agent], budget: Budget) -> None:
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save ``obj`` to ``path`` through a temporary file and a rename: a kill leaves old or new, whole."""
-    import os
-
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """torch.save ``obj`` to ``path`` atomically (see :mod:`netcomp.files`)."""
+    torch_save_atomic(obj, path)
 
 
 def _describe(budget: Budget) -> str:

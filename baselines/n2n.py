@@ -42,6 +42,7 @@ from agents.base import Agent, Recorder
 from envs.shrinkage import N2N_LOOKUP
 from netcomp.arch import Arch, arch_from_dict, arch_to_dict, n2n_descriptors
 from netcomp.distill import LOSSES, OPTIMIZERS, SCHEDULES, TrainConfig
+from netcomp.files import torch_save_atomic
 from netcomp.surgery import save_student
 
 #: Order of the pipeline's stages; ``state()["stage"]`` is one of them.
@@ -632,18 +633,24 @@ class N2NAgent(Agent):
     # ------------------------------------------------------------------ transfer
     def save_policy(self, path: str | Path) -> None:
         """Write both policies' weights (loadable with weights_only=True) for :meth:`load_policy`."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({
+        torch_save_atomic({
             "format": POLICY_FORMAT, "removal": self.removal_policy.state_dict(),
             "shrinkage": self.shrink_policy.state_dict(),
             "meta": {"features": self.features, "hidden": self.config.hidden, "lstm_layers": self.config.lstm_layers,
                      "n_shrink_actions": self.n_shrink_actions, "teacher": str(self.env.unwrapped.arch.family),
                      "epochs": {s: p["epoch"] for s, p in self.progress.items()}},
-        }, path)
+        }, Path(path))
 
-    def load_policy(self, path: str | Path) -> None:
-        """Start from policies trained by another run (any teacher depth); the optimisers start fresh."""
+    def student_of(self, record: dict) -> Arch | None:
+        """The student of a record of either stage (stage 2's are rebuilt on the stage-2 env)."""
+        if record.get("space") == "shrinkage" and self.make_env is not None and record.get("action") is not None:
+            return self.stage_env("shrinkage").unwrapped.student_for(record["action"])
+        return super().student_of(record)
+
+    def load_policy(self, path: str | Path, trust_pickle: bool = False) -> None:
+        """Start from policies trained by another run (any teacher depth); the optimisers start fresh.
+
+        The file holds weights only (``trust_pickle`` is accepted for a uniform interface and not needed)."""
         blob = torch.load(Path(path), map_location="cpu", weights_only=True)
         if not isinstance(blob, dict) or blob.get("format") != POLICY_FORMAT:
             raise ValueError(f"{path} is not an N2N policy file (format {POLICY_FORMAT})")

@@ -44,8 +44,14 @@ _TEACHERS: dict[tuple, Teacher] = {}
 
 
 def _cached_teacher(arch: str, dataset: Dataset, recipe: str, seed: int, home: str | None) -> Teacher:
-    """Teachers are trained (or read from disk) once per process."""
-    key = (arch, dataset.name, len(dataset.train), len(dataset.val), recipe, seed, home)
+    """Teachers are trained (or read from disk) once per process.
+
+    Keyed by the data fingerprint (shape, classes, split sizes, first images), as the cache file is, so two
+    datasets of equal size but another image size or other images never share a teacher.
+    """
+    from netcomp.teachers import data_fingerprint
+
+    key = (arch, dataset.name, data_fingerprint(dataset), recipe, seed, home)
     if key not in _TEACHERS:
         _TEACHERS[key] = get_teacher(arch, dataset, recipe=recipe, seed=seed,
                                      home=Path(home) if home else None, progress=False)
@@ -109,6 +115,7 @@ class CompressionEnv(gym.Env):
         self.observation_space = spaces.Box(-OBS_BOUND, OBS_BOUND, obs_shape, np.float32)
         self._t = 0
         self._values: list[Any] = []
+        self._reduced = self._previous = 0.0
         self._last_info: dict[str, Any] = {}
         self._last_student: Arch | None = None
 
@@ -238,6 +245,17 @@ class CompressionEnv(gym.Env):
         info["reward"] = float(value(scoring)) if value is not None else self.penalty
         return info
 
+    def episode_state(self) -> dict[str, Any]:
+        """The progress of the current (sequential) episode as plain data, for a policy's checkpoint."""
+        return {"t": self._t, "values": _plain(self._values), "reduced": float(self._reduced),
+                "previous": float(self._previous), "train_seed": int(self.train_seed)}
+
+    def load_episode_state(self, state: Mapping[str, Any]) -> None:
+        """Continue the episode saved by :meth:`episode_state` (after a reset)."""
+        self._t, self._values = int(state["t"]), list(state["values"])
+        self._reduced, self._previous = float(state["reduced"]), float(state["previous"])
+        self.train_seed = int(state["train_seed"])
+
     def _observation(self) -> np.ndarray:
         if self.mode == "oneshot":
             return np.clip(self._static, -OBS_BOUND, OBS_BOUND)
@@ -276,12 +294,16 @@ class CompressionEnv(gym.Env):
     # ------------------------------------------------------------------ helpers
     def _resolve_teacher(self, teacher: str | Teacher | None, arch: str, ds: Dataset, seed: int,
                          home: str | None) -> Teacher:
+        """The env's teacher: a Teacher or a teacher file (checked to fit ``arch`` and ``ds``: ValueError
+        naming the mismatching field otherwise), or the cached teacher of the fidelity's recipe."""
+        from netcomp.teachers import check_teacher_fits
+
         if isinstance(teacher, Teacher):
+            check_teacher_fits(teacher, arch, ds)
             return teacher
         if isinstance(teacher, str | Path):
             loaded = load_teacher(Path(teacher))
-            if loaded.meta["arch"] != arch:
-                raise ValueError(f"teacher file {teacher} holds a {loaded.meta['arch']}, not a {arch}")
+            check_teacher_fits(loaded, arch, ds)
             return loaded
         return _cached_teacher(arch, ds, self.fidelity.teacher_recipe, seed, home)
 
@@ -327,6 +349,15 @@ def default_device() -> str:
         return "cpu"
     identity = multiprocessing.current_process()._identity
     return f"cuda:{(identity[0] - 1) % count}" if identity else "cuda:0"
+
+
+def _plain(value: Any) -> Any:
+    """Numbers, tuples and arrays as plain Python lists and scalars (weights_only-safe)."""
+    if isinstance(value, np.ndarray | list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def _check_choice(what: str, value: Any, valid: tuple) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -200,6 +201,13 @@ class ChannelRatioEnv(CompressionEnv):
             "budget_metric": self.budget_metric, "budget_met": bool(met),
         }
         return self.student_of_widths(widths), info
+
+    def episode_state(self) -> dict[str, Any]:
+        return {**super().episode_state(), "raw": [float(r) for r in self._raw]}
+
+    def load_episode_state(self, state: Mapping[str, Any]) -> None:
+        super().load_episode_state(state)
+        self._raw = [float(r) for r in state["raw"]]
 
     # ------------------------------------------------------------------ public helpers
     def ratio_of(self, a: float) -> float:

@@ -23,6 +23,7 @@ from torch import nn
 from netcomp.arch import Arch, arch_key
 from netcomp.data import Dataset
 from netcomp.distill import TrainConfig, evaluate, train_model, train_students
+from netcomp.jsonl import append_jsonl, read_jsonl
 from netcomp.metrics import count_macs, count_params
 from netcomp.surgery import INHERIT_MODES, build_module, inherit_weights, student_problem
 from netcomp.teachers import Teacher, load_yaml
@@ -174,19 +175,14 @@ class Evaluator:
         return f"{key}|{inherit}|{self.teacher_id}|{self.fidelity.key()}|{seed}|{self.split}"
 
     def _load_cache(self) -> None:
-        with open(self.cache_path) as f:
-            for line in f:
-                line = line.strip()
-                if line:
-                    row = json.loads(line)
-                    self.cache[row["cache_key"]] = EvalResult.from_json(row["result"])
+        # a torn last line (a kill or a full disk mid-append) is dropped and cut off, so the run resumes
+        for row in read_jsonl(self.cache_path):
+            self.cache[row["cache_key"]] = EvalResult.from_json(row["result"])
 
     def _store(self, key: str, result: EvalResult) -> None:
         self.cache[key] = result
         if self.cache_path:
-            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.cache_path, "a") as f:
-                f.write(json.dumps({"cache_key": key, "result": result.to_json()}) + "\n")
+            append_jsonl(self.cache_path, {"cache_key": key, "result": result.to_json()})
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, student: Arch, inherit: str | None = None, seed: int | None = None) -> EvalResult:
@@ -249,9 +245,12 @@ class Evaluator:
 
     def _train(self, students: Sequence[Arch], inherit: str, seed: int) -> list[EvalResult]:
         start = time.perf_counter()
-        modules = [self.build_student(arch, inherit, seed) for arch in students]
-        outcomes = train_students(modules, self.dataset, self.fidelity.train, teacher=self.teacher_model,
-                                  device=self.device, seed=seed, split=self.split)
+        # the caller's torch RNG must not depend on whether a student was trained or came from the cache:
+        # an agent that samples from torch's global RNG (SB3) then replays a resumed run exactly
+        with torch.random.fork_rng(devices=[]):
+            modules = [self.build_student(arch, inherit, seed) for arch in students]
+            outcomes = train_students(modules, self.dataset, self.fidelity.train, teacher=self.teacher_model,
+                                      device=self.device, seed=seed, split=self.split)
         self.trainings += len(students)
         seconds = (time.perf_counter() - start) / len(students)
         results = []

@@ -19,6 +19,7 @@ import torch
 from torch import fx, nn
 
 from netcomp.arch import LAYER_OPS, Arch, ArchError, Node, arch_from_dict, arch_to_dict, without_layers
+from netcomp.files import torch_save_atomic
 from netcomp.metrics import count_params
 
 INHERIT_MODES = ("reinit", "first_k", "indices")
@@ -289,11 +290,11 @@ def build_module(arch: Arch) -> fx.GraphModule:
 
 
 def save_student(path: str | Path, arch: Arch, module: nn.Module, meta: Mapping[str, Any]) -> None:
-    """Write a student as {arch (plain data), state_dict, meta}: rebuildable and loadable with weights_only."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a student as {arch (plain data), state_dict, meta}: rebuildable and loadable with weights_only.
+
+    Written atomically: a kill leaves the previous file or the new one, never a truncated one."""
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    torch.save({"arch": arch_to_dict(arch), "state_dict": state, "meta": dict(meta)}, path)
+    torch_save_atomic({"arch": arch_to_dict(arch), "state_dict": state, "meta": dict(meta)}, path)
 
 
 def load_student(path: str | Path) -> tuple[fx.GraphModule, Arch, dict]:

@@ -21,3 +21,20 @@ TINY = {"image_size": 16, "train_size": 256, "val_size": 64, "test_size": 64}
 def tiny():
     """Keyword arguments that make an environment use the tiny synthetic data set."""
     return {"dataset": "synthetic", "fidelity": "smoke", "dataset_kwargs": dict(TINY)}
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    """A --config file that makes run_agent.py use the tiny synthetic data at the smoke fidelity."""
+    import yaml
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({"run": {"fidelity": "smoke", "dataset_kwargs": dict(TINY)}}))
+    return str(path)
+
+
+def cli(*argv) -> int:
+    """run_agent.py's main() on string arguments (in this process)."""
+    import run_agent
+
+    return run_agent.main([str(a) for a in argv])

@@ -15,20 +15,12 @@ import yaml
 import run_agent
 from agents.base import read_records
 from netcomp.surgery import load_student
-from tests.conftest import TINY
+from tests.conftest import TINY, cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def tiny_config(tmp_path):
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump({"run": {"fidelity": "smoke", "dataset_kwargs": dict(TINY)}}))
-    return str(path)
-
-
-def run(*argv):
-    return run_agent.main([str(a) for a in argv])
+run = cli
 
 
 @pytest.mark.parametrize("agent", ["random", "ppo", "a2c"])
@@ -84,15 +76,19 @@ def test_config_layers_flags_over_files(tiny_config, tmp_path):
     assert config["run"]["download"] is False                                    # defaults
 
 
-def test_mismatched_agent_and_space_is_a_clear_error(tiny_config, tmp_path):
-    with pytest.raises(ValueError, match="does not support the 'channel-ratio' space"):
-        run("--env", "channel-ratio-resnet20-synthetic", "--agent", "n2n", "--config", tiny_config,
-            "--out", tmp_path / "x")
-    with pytest.raises(ValueError, match="does not support mode 'sequential'"):
-        run("--env", "removal-resnet20-synthetic", "--agent", "random", "--mode", "sequential",
-            "--config", tiny_config, "--out", tmp_path / "y")
-    with pytest.raises(ValueError, match="unknown agent 'dqn'"):
-        run("--env", "removal-resnet20-synthetic", "--agent", "dqn", "--out", tmp_path / "z")
+def test_mismatched_agent_and_space_is_a_clear_error(tiny_config, tmp_path, capsys):
+    cases = [
+        (["--env", "channel-ratio-resnet20-synthetic", "--agent", "n2n"], "does not support the 'channel-ratio' space"),
+        (["--env", "removal-resnet20-synthetic", "--agent", "random", "--mode", "sequential"],
+         "does not support mode 'sequential'"),
+        (["--env", "removal-resnet20-synthetic", "--agent", "dqn"], "unknown agent 'dqn'"),
+    ]
+    for i, (argv, message) in enumerate(cases):
+        out = tmp_path / str(i)
+        assert run(*argv, "--config", tiny_config, "--out", out) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err  # one line
+        assert not out.exists()                                                        # and nothing left
 
 
 def test_list_prints_envs_and_agents(capsys):

@@ -1,0 +1,430 @@
+"""A run directory: config layering, lock, records, checkpoint, resume and the final student.
+
+``run(args)`` is everything ``run_agent.py`` does once its flags are parsed. What survives what:
+
+- every evaluation is one whole line of ``evaluations.jsonl``, fsynced as it finishes (a torn tail from a
+  kill or a full disk is cut off and reported on the next read); every other file is written atomically
+  (a temporary file, fsync, rename), so a kill leaves the old file or the new one;
+- ``config.yaml`` is written before anything trains, so a run killed while its teacher trains resumes;
+- the run directory is locked (``flock`` on ``lock``, released by the kernel when the process dies) while a
+  run owns it: a second run on the same directory is refused with the owner's pid;
+- ``--resume DIR`` restarts the agent from ``checkpoint.pt`` and replays the evaluations recorded after it
+  from the cache: each replayed action must equal the recorded one (else :class:`ReplayMismatch`), so the
+  finished record is exactly what an uninterrupted run writes, and no student trains twice;
+- unknown config keys and resume flags that contradict the run's config are errors; a larger ``--budget``
+  (or ``--budget-seconds``) extends a run on purpose; resuming a finished run says so and rebuilds any file
+  that is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import errno
+import fcntl
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agents.base import Budget, RunLog, read_records
+from agents.report import best_table, write_plots
+from netcomp.files import torch_save_atomic, write_text_atomic
+
+#: The run settings a config may hold, with their defaults.
+RUN_DEFAULTS: dict[str, Any] = {
+    "budget": 20,            # reward evaluations (None with a seconds-only budget)
+    "budget_seconds": None,  # training seconds (evaluations' training plus white-box agents' own)
+    "fidelity": "fast",      # configs/fidelity.yaml preset
+    "mode": None,            # None: the agent's first supported mode
+    "seed": 0,
+    "device": None,          # None: cuda if available, else cpu
+    "data_root": None,
+    "download": False,
+    "dataset_kwargs": {},    # e.g. synthetic sizes
+    "env_kwargs": {},        # passed to gymnasium.make
+    "teacher": None,         # a teacher checkpoint file (default: train or load the cached one)
+    "load_policy": None,
+    "trust_pickle": False,   # allow --load-policy to unpickle an SB3 zip (code can run)
+    "save_best": True,       # retrain and save the best student when the agent did not
+}
+DEFAULTS: dict[str, Any] = {"env": None, "agent": None, "run": RUN_DEFAULTS, "agent_config": {}}
+#: Top-level keys of a --config file.
+USER_KEYS = ("env", "agent", "preset", "run", "agent_config")
+#: Keys the resolved config.yaml adds.
+RESOLVED_KEYS = (*USER_KEYS, "mode", "env_space")
+#: Flags that must agree with a resumed run's config (flag -> key in config["run"] or top level).
+RESUME_FLAGS = {"env": "env", "agent": "agent", "fidelity": "fidelity", "seed": "seed", "mode": "mode",
+                "data_root": "data_root", "teacher": "teacher", "load_policy": "load_policy"}
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config or flag that cannot be run: the message names the bad value and what was expected."""
+
+
+class RunLocked(RuntimeError):
+    """Another process owns the run directory."""
+
+
+class ReplayMismatch(RuntimeError):
+    """A resumed agent asked for another action than the one recorded at that index."""
+
+
+# ---------------------------------------------------------------------------- configuration
+def merge(base: dict, over: dict) -> dict:
+    """Recursive dict merge: values in ``over`` win."""
+    out = copy.deepcopy(base)
+    for key, value in (over or {}).items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def check_keys(data: Any, valid: tuple[str, ...] | Any, where: str) -> None:
+    """ConfigError if ``data`` is not a mapping or has keys outside ``valid``, naming both."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
+    unknown = sorted(str(k) for k in data if k not in valid)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {where}; valid keys are {sorted(valid)}")
+
+
+def agent_yaml(agent: str, preset: str | None) -> dict:
+    """configs/<agent>.yaml as {run, agent_config}; a named preset section is merged on top."""
+    path = CONFIG_DIR / f"{agent}.yaml"
+    data = yaml.safe_load(path.read_text()) if path.exists() else {}
+    data = data or {}
+    presets = data.pop("presets", {}) or {}
+    if preset and preset not in presets:
+        where = f"{path.name} has {', '.join(presets)}" if presets else f"agent {agent!r} has no presets"
+        raise ConfigError(f"unknown preset {preset!r} for {agent}; {where}")
+    run = data.pop("run", {}) or {}
+    check_keys(run, tuple(RUN_DEFAULTS), f"{path.name} run:")
+    out = {"run": run, "agent_config": data.pop("agent", data) or {}}
+    if preset:
+        section = presets[preset] or {}
+        check_keys(section, ("run", "agent"), f"{path.name} presets: {preset}:")
+        check_keys(section.get("run", {}) or {}, tuple(RUN_DEFAULTS), f"{path.name} presets: {preset}: run:")
+        out = merge(out, {"run": section.get("run", {}) or {}, "agent_config": section.get("agent", {}) or {}})
+    return out
+
+
+def read_user_config(path: str | None) -> dict:
+    """A --config file, its keys checked."""
+    if not path:
+        return {}
+    user = yaml.safe_load(Path(path).read_text()) or {}
+    check_keys(user, USER_KEYS, f"--config {path}")
+    check_keys(user.get("run", {}) or {}, tuple(RUN_DEFAULTS), f"--config {path} run:")
+    return user
+
+
+def resolve_config(args: argparse.Namespace) -> dict:
+    """defaults < configs/<agent>.yaml (and its preset) < --config < flags."""
+    config = copy.deepcopy(DEFAULTS)
+    user = read_user_config(args.config)
+    agent = args.agent or user.get("agent")
+    if agent:
+        config = merge(config, agent_yaml(agent, args.preset or user.get("preset")))
+    config = merge(config, {k: v for k, v in user.items() if k != "preset"})
+    config.update({k: v for k, v in {"env": args.env, "agent": args.agent}.items() if v is not None})
+    for key in ("budget", "budget_seconds", "fidelity", "mode", "seed", "device", "data_root", "teacher",
+                "load_policy"):
+        value = getattr(args, key, None)
+        if value is not None:
+            config["run"][key] = value
+    if getattr(args, "budget_seconds", None) is not None and args.budget is None:
+        config["run"]["budget"] = None  # a seconds-only budget
+    if args.download:
+        config["run"]["download"] = True
+    if getattr(args, "trust_pickle", False):
+        config["run"]["trust_pickle"] = True
+    if not config.get("env") or not config.get("agent"):
+        raise ConfigError("--env and --agent are required (or --resume DIR, or --list)")
+    return config
+
+
+def resume_config(run_dir: Path, args: argparse.Namespace) -> tuple[dict, bool]:
+    """The saved config of a run, with the resume flags checked against it; (config, budget extended)."""
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    check_keys(config, RESOLVED_KEYS, f"{run_dir / 'config.yaml'}")
+    if args.config or args.preset:
+        raise ConfigError("--config and --preset cannot change a run that exists; its config is "
+                          f"{run_dir / 'config.yaml'}")
+    conflicts = []
+    for flag, key in RESUME_FLAGS.items():
+        given = getattr(args, flag, None)
+        saved = config.get(key) if key in ("env", "agent", "mode") else config["run"].get(key)
+        if given is not None and str(given) != str(saved) and not _same_env(flag, given, saved):
+            conflicts.append(f"--{flag.replace('_', '-')} {given} (the run has {saved})")
+    if conflicts:
+        raise ConfigError(f"cannot resume {run_dir} with different settings: {'; '.join(conflicts)}")
+    extended = False
+    for flag in ("budget", "budget_seconds"):
+        given, saved = getattr(args, flag, None), config["run"].get(flag)
+        if given is None or given == saved:
+            continue
+        if saved is not None and given < saved:
+            raise ConfigError(f"--{flag.replace('_', '-')} {given} is below the run's {saved}: a budget can only "
+                              f"grow on resume")
+        config["run"][flag], extended = given, True
+    if args.device:
+        config["run"]["device"] = args.device
+    return config, extended
+
+
+def _same_env(flag: str, given: Any, saved: Any) -> bool:
+    if flag != "env":
+        return False
+    import envs
+
+    return envs.parse_env_id(str(given)) == envs.parse_env_id(str(saved))
+
+
+# ---------------------------------------------------------------------------- the directory
+@contextlib.contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """Hold the run directory's lock (flock on ``lock``); RunLocked names the owner's pid."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            message = f"{run_dir} is in use by another run (pid {owner}); wait for it or use another --out"
+            raise RunLocked(message) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def make_env(config: dict, run_dir: Path, space: str | None = None, **overrides: Any):
+    """The environment of a run (or another space on the same teacher/data/fidelity)."""
+    import gymnasium as gym
+
+    import envs
+
+    env_id = envs.parse_env_id(config["env"])
+    if space is not None:
+        _, _, rest = env_id.removeprefix("netcomp/").partition(config["env_space"] + "-")
+        env_id = f"netcomp/{space}-{rest}"
+    run = config["run"]
+    kwargs = {"fidelity": run["fidelity"], "mode": config["mode"], "device": run["device"],
+              "data_root": run["data_root"], "download": run["download"],
+              "dataset_kwargs": run["dataset_kwargs"], "cache_path": str(run_dir / "cache.jsonl"),
+              **({"teacher": run["teacher"]} if run.get("teacher") else {}), **run["env_kwargs"], **overrides}
+    env = gym.make(env_id, disable_env_checker=True, **kwargs)
+    env.reset(seed=run["seed"])
+    return env
+
+
+def prepare(config: dict, log: RunLog) -> type:
+    """Check the agent against the env id and budget before anything trains; the agent's class."""
+    import envs
+    from agents import get_agent
+    from agents.base import check_budget_units, check_compatible, make_config
+
+    agent_cls = get_agent(config["agent"])
+    env_id = envs.parse_env_id(config["env"])
+    config["env_space"] = next(s for s in envs.SPACES if env_id.startswith(f"netcomp/{s}-"))
+    config["mode"] = config["run"]["mode"] or agent_cls.modes[0]
+    check_compatible(agent_cls, config["env_space"], config["mode"])
+    check_budget_units(agent_cls, log.budget)
+    make_config(agent_cls.Config, config["agent_config"])  # unknown agent keys fail here
+    return agent_cls
+
+
+def build(config: dict, run_dir: Path, log: RunLog, agent_cls: type) -> tuple[Any, Any]:
+    """(recorder-wrapped env, agent) for a prepared config; this is where the teacher is trained or loaded."""
+    from agents.base import Recorder, make_config
+
+    def make_other(space_name: str, mode: str = "oneshot", **kwargs: Any) -> Recorder:
+        return Recorder(make_env(dict(config, mode=mode), run_dir, space=space_name, **kwargs), log)
+
+    env = Recorder(make_env(config, run_dir), log)
+    agent = agent_cls(env, make_config(agent_cls.Config, config["agent_config"]), seed=config["run"]["seed"],
+                      run_dir=run_dir, make_env=make_other)
+    if config["run"]["load_policy"]:
+        if not hasattr(agent, "load_policy"):
+            raise ConfigError(f"agent {config['agent']!r} has no policy to load")
+        agent.load_policy(config["run"]["load_policy"], trust_pickle=bool(config["run"].get("trust_pickle")))
+    return env, agent
+
+
+def save_checkpoint(agent: Any, run_dir: Path) -> None:
+    """Agent state, the evaluation count and the seconds the agent charged, written atomically."""
+    torch_save_atomic({"agent": agent.state(), "evaluations": agent.budget.used,
+                       "charged_seconds": agent.budget.charged_seconds}, run_dir / "checkpoint.pt")
+
+
+def save_best_student(agent: Any, records: list[dict], run_dir: Path) -> dict | None:
+    """Retrain the best valid student at the run's fidelity (its final caps) and save weights plus its spec."""
+    from netcomp.surgery import save_student
+
+    valid = [r for r in records if r["valid"]]
+    if not valid:
+        return None
+    best = max(valid, key=lambda r: r["reward"])
+    arch = agent.student_of(best)
+    if arch is None:
+        return {"skipped": f"agent {agent.name!r} cannot rebuild the student of record {best['index']}"}
+    base = agent.env.unwrapped
+    model, report = base.evaluator.train_final(arch, seed=base.train_seed)
+    meta = {"index": best["index"], "reward": best["reward"], "search_val_accuracy": best["accuracy"], **report}
+    save_student(run_dir / "best_student.pt", arch, model, meta)
+    return meta
+
+
+def replay_check(expected: list[dict]):
+    """A record callback: a replayed evaluation must be the recorded one (same action, same student)."""
+    def check(record: dict) -> None:
+        i = record["index"]
+        if i < len(expected):
+            old = expected[i]
+            if old.get("action") != record.get("action") or old.get("arch_key") != record.get("arch_key"):
+                raise ReplayMismatch(
+                    f"resume cannot replay evaluation {i}: the agent asked for another student than the one "
+                    f"recorded ({record.get('arch_key')} vs {old.get('arch_key')}); the record is left as it was. "
+                    f"Start a new run, or move evaluations.jsonl lines from {i} on aside to continue from there")
+    return check
+
+
+# ---------------------------------------------------------------------------- the run
+def start(args: argparse.Namespace) -> int:
+    """Run (or resume) what the flags say; a directory this call created is removed if nothing was recorded."""
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").exists():
+            raise ConfigError(f"{run_dir} holds no run (no config.yaml)")
+        created, config = False, None
+    else:
+        config = resolve_config(args)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(args.out or f"runs/{config['env']}-{config['agent']}-{stamp}")
+        if (run_dir / "config.yaml").exists() or (run_dir / "evaluations.jsonl").exists():
+            raise ConfigError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
+        created = not run_dir.exists()
+    try:
+        with locked(run_dir):
+            extended = False
+            if args.resume:
+                config, extended = resume_config(run_dir, args)
+            return execute(config, run_dir, resumed=bool(args.resume), extended=extended)
+    except BaseException:
+        if created and not read_records(run_dir / "evaluations.jsonl"):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _budget_of(config: dict, checkpoint: dict | None) -> Budget:
+    run = config["run"]
+    return Budget(None if run["budget"] is None else int(run["budget"]), run.get("budget_seconds"),
+                  used=checkpoint["evaluations"] if checkpoint else 0,
+                  charged_seconds=float(checkpoint.get("charged_seconds", 0.0)) if checkpoint else 0.0)
+
+
+def _missing(run_dir: Path) -> list[str]:
+    names = ["summary.json", "reward.png", "accuracy_vs_params.png"]
+    return [n for n in names if not (run_dir / n).exists()]
+
+
+def execute(config: dict, run_dir: Path, resumed: bool, extended: bool) -> int:
+    """The run itself, in a locked directory: config first, then build, run, final student, summary."""
+    import torch
+
+    if resumed and not extended and (run_dir / "summary.json").exists() and not _missing(run_dir):
+        summary = json.loads((run_dir / "summary.json").read_text())
+        print(f"{run_dir}: the run already finished ({summary.get('evaluations')} evaluations); nothing to do. "
+              f"Pass a larger --budget to extend it.")
+        return 0
+    checkpoint = None
+    if resumed and (run_dir / "checkpoint.pt").exists():
+        checkpoint = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    on_disk = read_records(run_dir / "evaluations.jsonl")
+    budget = _budget_of(config, checkpoint)
+    if budget.used > len(on_disk):
+        raise ReplayMismatch(f"{run_dir}: the checkpoint counts {budget.used} evaluations but the record holds "
+                             f"only {len(on_disk)}")
+    log = RunLog(budget, run_dir / "evaluations.jsonl", records=on_disk[: budget.used], skip_until=len(on_disk))
+    log.callbacks.append(replay_check(on_disk))
+    agent_cls = prepare(config, log)
+    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))  # before any training
+    env, agent = build(config, run_dir, log, agent_cls)
+    if checkpoint:
+        agent.load_state(checkpoint["agent"])
+    agent.checkpoint = lambda: save_checkpoint(agent, run_dir)
+    start_time = time.perf_counter()
+    with _progress(config, budget, log, run_dir):
+        agent.run()
+    agent.checkpoint()
+    return finish(config, run_dir, agent, budget, resumed, time.perf_counter() - start_time)
+
+
+@contextlib.contextmanager
+def _progress(config: dict, budget: Budget, log: RunLog, run_dir: Path) -> Iterator[None]:
+    """A progress bar and TensorBoard scalars for every new evaluation."""
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    writer = SummaryWriter(str(run_dir / "tb"))
+    bar = tqdm(total=budget.evaluations, initial=budget.used, desc=f"{config['agent']} on {config['env']}",
+               unit="eval", disable=None)
+
+    def on_evaluation(record: dict) -> None:
+        writer.add_scalar("reward", record["reward"], record["index"])
+        writer.add_scalar("accuracy", record["accuracy"] or 0.0, record["index"])
+        writer.add_scalar("compression", record["compression"] or 0.0, record["index"])
+        bar.update(1)
+        bar.set_postfix(best=f"{max(r['reward'] for r in log.records):.4f}")
+
+    log.callbacks.append(on_evaluation)
+    try:
+        yield
+    finally:
+        bar.close()
+        writer.close()
+
+
+def _student_meta(path: Path) -> dict | None:
+    import torch
+
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    return blob.get("meta") if isinstance(blob, dict) else None
+
+
+def finish(config: dict, run_dir: Path, agent: Any, budget: Budget, resumed: bool, seconds: float) -> int:
+    """The final student, plots, policy and summary (summary last: its presence means the run finished)."""
+    records = read_records(run_dir / "evaluations.jsonl")
+    best_meta = agent.notes.get("final")
+    if best_meta is None and (run_dir / "best_student.pt").exists():  # saved before a kill: keep it
+        best_meta = _student_meta(run_dir / "best_student.pt")
+    if (best_meta is None or not (run_dir / "best_student.pt").exists()) and config["run"]["save_best"]:
+        best_meta = save_best_student(agent, records, run_dir) or best_meta
+    write_plots(records, run_dir)
+    if hasattr(agent, "save_policy") and not (run_dir / "policy.pt").exists():
+        agent.save_policy(run_dir / "policy.pt")
+    summary = {
+        "env": config["env"], "agent": config["agent"], "budget": budget.evaluations,
+        "budget_seconds": budget.seconds, "evaluations": len(records),
+        "trained": sum(1 for r in records if not r.get("cached")), "eval_seconds": budget.eval_seconds,
+        "charged_seconds": budget.charged_seconds, "wall_seconds": seconds, "resumed": resumed,
+        "best": max(records, key=lambda r: r["reward"], default=None), "best_student": best_meta,
+        "notes": {k: v for k, v in agent.notes.items() if k != "final"},
+    }
+    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1, default=str))
+    print(f"\nBest students ({len(records)} evaluations, run directory {run_dir}):")
+    print(best_table(records))
+    if best_meta:
+        print("\nbest student:", json.dumps({k: v for k, v in best_meta.items() if k != "arch"}, default=str))
+    return 0
