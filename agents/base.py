@@ -77,7 +77,8 @@ class Budget:
 
     @property
     def left(self) -> int:
-        """Evaluations left (with a seconds-only budget: 1 while seconds are left, else 0)."""
+        """Evaluations left. With a seconds-only budget: 1 while seconds are left, else 0 (a batch of any
+        size may still be asked for while seconds are left; it may overrun the seconds by its own cost)."""
         if self.evaluations is None:
             return 0 if self.exhausted else 1
         return 0 if self.exhausted else max(0, self.evaluations - self.used)
@@ -203,7 +204,8 @@ class Recorder(gym.Wrapper):
     def _record(self, reward: float, info: dict, action: Any, cached: bool, extra: dict | None = None) -> None:
         index = self.budget.used
         self.budget.used += 1
-        self.budget.eval_seconds += float(info.get("eval_seconds") or 0.0)
+        if not cached:  # a cache hit trained nothing: it costs no training seconds
+            self.budget.eval_seconds += float(info.get("eval_seconds") or 0.0)
         record = {
             "index": index, "space": self.env.unwrapped.space, "action": action, "reward": reward,
             **{k: to_jsonable(info.get(k)) for k in (
@@ -244,6 +246,8 @@ class Agent(ABC):
     modes: ClassVar[tuple[str, ...]] = ("oneshot",)
     #: the budget units the agent can spend: "evaluations" and/or "seconds" (training seconds)
     budget_units: ClassVar[tuple[str, ...]] = ("evaluations", "seconds")
+    #: whether a finished run can be extended with a larger budget (False: the schedule is fixed at start)
+    extendable: ClassVar[bool] = True
     Config: ClassVar[type] = object
 
     def __init__(self, env: Recorder, config: Any, seed: int = 0, run_dir: Path | None = None,

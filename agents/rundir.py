@@ -119,7 +119,10 @@ def read_user_config(path: str | None) -> dict:
     """A --config file, its keys checked."""
     if not path:
         return {}
-    user = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        user = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config {path} is not valid YAML: {exc}") from None
     check_keys(user, USER_KEYS, f"--config {path}")
     check_keys(user.get("run", {}) or {}, tuple(RUN_DEFAULTS), f"--config {path} run:")
     return user
@@ -224,7 +227,10 @@ def make_env(config: dict, run_dir: Path, space: str | None = None, **overrides:
               "data_root": run["data_root"], "download": run["download"],
               "dataset_kwargs": run["dataset_kwargs"], "cache_path": str(run_dir / "cache.jsonl"),
               **({"teacher": run["teacher"]} if run.get("teacher") else {}), **run["env_kwargs"], **overrides}
-    env = gym.make(env_id, disable_env_checker=True, **kwargs)
+    try:
+        env = gym.make(env_id, disable_env_checker=True, **kwargs)
+    except TypeError as exc:  # a misspelt env_kwargs / dataset_kwargs key
+        raise ConfigError(f"cannot make {env_id} with the run's env_kwargs / dataset_kwargs: {exc}") from None
     env.reset(seed=run["seed"])
     return env
 
@@ -286,12 +292,23 @@ def save_best_student(agent: Any, records: list[dict], run_dir: Path) -> dict | 
     return meta
 
 
-def replay_check(expected: list[dict]):
-    """A record callback: a replayed evaluation must be the recorded one (same action, same student)."""
+def _trained_seconds(records: list[dict]) -> float:
+    """Training seconds the records cost (a cached evaluation trained nothing)."""
+    return sum(float(r.get("eval_seconds") or 0.0) for r in records if not r.get("cached"))
+
+
+def replay_check(expected: list[dict], budget: Budget):
+    """A record callback: a replayed evaluation must be the recorded one (same action, same student).
+
+    The replay comes from the cache; the training seconds the recorded evaluation cost are charged again,
+    so the budget ends where the uninterrupted run's did.
+    """
     def check(record: dict) -> None:
         i = record["index"]
         if i < len(expected):
             old = expected[i]
+            if not old.get("cached") and record.get("cached"):
+                budget.eval_seconds += float(old.get("eval_seconds") or 0.0)
             if old.get("action") != record.get("action") or old.get("arch_key") != record.get("arch_key"):
                 raise ReplayMismatch(
                     f"resume cannot replay evaluation {i}: the agent asked for another student than the one "
@@ -307,6 +324,8 @@ def start(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").exists():
             raise ConfigError(f"{run_dir} holds no run (no config.yaml)")
+        if args.out and Path(args.out).resolve() != run_dir.resolve():
+            raise ConfigError(f"--out {args.out} with --resume {run_dir}: a resumed run stays in its directory")
         created, config = False, None
     else:
         config = resolve_config(args)
@@ -315,14 +334,18 @@ def start(args: argparse.Namespace) -> int:
         if (run_dir / "config.yaml").exists() or (run_dir / "evaluations.jsonl").exists():
             raise ConfigError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
         created = not run_dir.exists()
+    owned = False  # only the process that held the lock may clean up (another run may own the directory)
     try:
         with locked(run_dir):
+            owned = True
             extended = False
             if args.resume:
                 config, extended = resume_config(run_dir, args)
             return execute(config, run_dir, resumed=bool(args.resume), extended=extended)
-    except BaseException:
-        if created and not read_records(run_dir / "evaluations.jsonl"):
+    except Exception:
+        # an error (bad input, a teacher that does not fit, ...) leaves nothing behind unless something was
+        # recorded; an interrupt (Ctrl-C) is a kill: what was written stays, for --resume
+        if created and owned and not read_records(run_dir / "evaluations.jsonl"):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
@@ -334,8 +357,17 @@ def _budget_of(config: dict, checkpoint: dict | None) -> Budget:
                   charged_seconds=float(checkpoint.get("charged_seconds", 0.0)) if checkpoint else 0.0)
 
 
-def _missing(run_dir: Path) -> list[str]:
+def _missing(run_dir: Path, config: dict) -> list[str]:
+    """The files a finished run should hold that are not there."""
+    from agents import get_agent
+
     names = ["summary.json", "reward.png", "accuracy_vs_params.png"]
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
+    best = summary.get("best_student") or {}
+    if config["run"].get("save_best") and best and "skipped" not in best:
+        names.append("best_student.pt")
+    if hasattr(get_agent(config["agent"]), "save_policy"):
+        names.append("policy.pt")
     return [n for n in names if not (run_dir / n).exists()]
 
 
@@ -343,7 +375,7 @@ def execute(config: dict, run_dir: Path, resumed: bool, extended: bool) -> int:
     """The run itself, in a locked directory: config first, then build, run, final student, summary."""
     import torch
 
-    if resumed and not extended and (run_dir / "summary.json").exists() and not _missing(run_dir):
+    if resumed and not extended and (run_dir / "summary.json").exists() and not _missing(run_dir, config):
         summary = json.loads((run_dir / "summary.json").read_text())
         print(f"{run_dir}: the run already finished ({summary.get('evaluations')} evaluations); nothing to do. "
               f"Pass a larger --budget to extend it.")
@@ -353,12 +385,16 @@ def execute(config: dict, run_dir: Path, resumed: bool, extended: bool) -> int:
         checkpoint = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
     on_disk = read_records(run_dir / "evaluations.jsonl")
     budget = _budget_of(config, checkpoint)
+    budget.eval_seconds = _trained_seconds(on_disk[: budget.used])
     if budget.used > len(on_disk):
         raise ReplayMismatch(f"{run_dir}: the checkpoint counts {budget.used} evaluations but the record holds "
                              f"only {len(on_disk)}")
     log = RunLog(budget, run_dir / "evaluations.jsonl", records=on_disk[: budget.used], skip_until=len(on_disk))
-    log.callbacks.append(replay_check(on_disk))
+    log.callbacks.append(replay_check(on_disk, budget))
     agent_cls = prepare(config, log)
+    if extended and not agent_cls.extendable:
+        raise ConfigError(f"agent {config['agent']!r} cannot extend a run: its schedule is fixed by the budget it "
+                          f"started with; start a new run")
     write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))  # before any training
     env, agent = build(config, run_dir, log, agent_cls)
     if checkpoint:
@@ -407,12 +443,16 @@ def finish(config: dict, run_dir: Path, agent: Any, budget: Budget, resumed: boo
     """The final student, plots, policy and summary (summary last: its presence means the run finished)."""
     records = read_records(run_dir / "evaluations.jsonl")
     best_meta = agent.notes.get("final")
-    if best_meta is None and (run_dir / "best_student.pt").exists():  # saved before a kill: keep it
+    valid = [r for r in records if r["valid"]]
+    best_index = max(valid, key=lambda r: r["reward"])["index"] if valid else None
+    if best_meta is None and (run_dir / "best_student.pt").exists():  # saved before a kill: keep it if still best
         best_meta = _student_meta(run_dir / "best_student.pt")
+        if (best_meta or {}).get("index") != best_index:
+            best_meta = None
     if (best_meta is None or not (run_dir / "best_student.pt").exists()) and config["run"]["save_best"]:
         best_meta = save_best_student(agent, records, run_dir) or best_meta
     write_plots(records, run_dir)
-    if hasattr(agent, "save_policy") and not (run_dir / "policy.pt").exists():
+    if hasattr(agent, "save_policy"):  # the policy as it ends (after an extension too)
         agent.save_policy(run_dir / "policy.pt")
     summary = {
         "env": config["env"], "agent": config["agent"], "budget": budget.evaluations,

@@ -350,6 +350,7 @@ class N2NAgent(Agent):
     spaces: ClassVar[tuple[str, ...]] = ("removal",)
     modes: ClassVar[tuple[str, ...]] = ("oneshot",)
     budget_units: ClassVar[tuple[str, ...]] = ("evaluations",)  # the stage split is counted in evaluations
+    extendable: ClassVar[bool] = False  # the stage split is fixed by the budget the run started with
     Config: ClassVar[type] = N2NConfig
 
     def __init__(self, env: Recorder, config: N2NConfig, seed: int = 0, run_dir: Path | None = None,

@@ -95,7 +95,8 @@ class CompressionEnv(gym.Env):
         self.teacher = self._resolve_teacher(teacher, arch, ds, teacher_seed, home)
         self.arch: Arch = self.teacher.arch
         self.evaluator = Evaluator(self.teacher, ds, self.fidelity, device=self.device,
-                                   inherit=inherit or self.default_inherit, cache_path=cache_path,
+                                   inherit=inherit or self.fidelity.inherit or self.default_inherit,
+                                   cache_path=cache_path,
                                    min_linear_inputs=self._min_linear_inputs(), require_smaller=require_smaller,
                                    split=reward_split, size_metrics=REWARDS[self.reward_name].size_metrics)
         ev = self.evaluator

@@ -115,7 +115,10 @@ class TrainConfig:
     optimiser step over the whole run ("step" multiplies the lr by ``gamma`` every ``step_epochs``
     epochs). ``augment=None`` follows the dataset. ``keep_best`` keeps the best epoch's weights (ESNAC).
     ``train_max``/``eval_max``/``max_steps`` cut the work down for smoke and fast fidelities. ``amp`` and
-    ``channels_last`` "auto" mean "on for CUDA, off elsewhere".
+    ``channels_last`` "auto" mean "on for CUDA, off elsewhere". ``bn_recalibrate`` > 0 re-estimates every
+    BatchNorm's running statistics before each evaluation from that many un-augmented training batches
+    (the first images, the same for every student), so a briefly trained student is not scored with
+    statistics that lag its weights.
     """
 
     epochs: float = 1.0
@@ -140,6 +143,7 @@ class TrainConfig:
     train_max: int | None = None
     amp: str = "auto"
     channels_last: str = "auto"
+    bn_recalibrate: int = 0
 
     def __post_init__(self) -> None:
         """Normalise types (numeric strings from YAML) and reject bad values with a message naming them."""
@@ -185,6 +189,7 @@ class TrainConfig:
         self.train_max = _as_int("train_max", self.train_max, 1, optional=True)
         self.amp = _as_choice("amp", self.amp, AMP_MODES)
         self.channels_last = _as_choice("channels_last", self.channels_last, CHANNELS_LAST_MODES)
+        self.bn_recalibrate = _as_int("bn_recalibrate", self.bn_recalibrate, 0)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
@@ -371,6 +376,34 @@ def evaluate(model: nn.Module, split: Split, dataset: Dataset, device: str | tor
     return correct.item() / n, loss_sum.item() / n
 
 
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, split: Split, dataset: Dataset, batch_size: int, batches: int,
+                   channels_last: bool = False) -> None:
+    """Re-estimate the BatchNorm running statistics of ``model`` from the first ``batches`` batches of
+    ``split`` (un-augmented, unshuffled): the statistics become the plain average over those batches.
+
+    Weights are untouched; the model's train/eval mode is restored.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    saved = [(m, m.momentum) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: the mean over the batches seen
+    was_training = model.training
+    model.train()
+    loader = DeviceLoader(_head(split, batch_size * batches), batch_size, dataset.mean, dataset.std,
+                          shuffle=False, augment=False, drop_last=False, channels_last=channels_last)
+    try:
+        for x, _ in loader:
+            model(x)
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+        model.train(was_training)
+
+
 # ---------------------------------------------------------------------------------------------- training
 @dataclass
 class _Student:
@@ -555,6 +588,9 @@ def train_students(students: Sequence[nn.Module], dataset: Dataset, config: Trai
                          "train_loss": s.epoch_loss_sum / s.epoch_steps if s.epoch_steps else math.nan,
                          "val_accuracy": None, "val_loss": None}
                 if evaluate_each_epoch or last_epoch:
+                    if config.bn_recalibrate:
+                        recalibrate_bn(s.model, train_split, dataset, config.batch_size, config.bn_recalibrate,
+                                       channels_last=channels_last)
                     acc, vloss = evaluate(s.model, eval_split, dataset, device=device,
                                           max_items=config.eval_max, amp=config.amp,
                                           channels_last=channels_last)

@@ -39,7 +39,9 @@ FINAL_KEYS = ("epochs", "max_steps", "train_max", "eval_max")
 class Fidelity:
     """How a student is scored: its KD run and the recipe of a teacher trained for it.
 
-    ``final`` caps the length of the final training of a kept student (the best one of a run, or a
+    ``inherit`` (when set) is how students get their first weights at this fidelity, overriding the
+    space's default (a cheap fidelity ranks better with inherited weights than with N2N's re-initialised
+    ones). ``final`` caps the length of the final training of a kept student (the best one of a run, or a
     method's fine-tune) at this fidelity: a mapping of some of :data:`FINAL_KEYS`, so a smoke run ends in
     seconds and a fast one in minutes. None (the ``paper`` preset) leaves the method's own schedule.
     """
@@ -48,27 +50,32 @@ class Fidelity:
     train: TrainConfig
     teacher_recipe: str = "fast"
     final: Mapping[str, Any] | None = None
+    inherit: str | None = None
 
     def final_config(self, base: TrainConfig | None = None) -> TrainConfig:
         """The final-training config: ``base`` (default: this fidelity's KD run) with ``final``'s caps."""
         base = base or self.train
         if not self.final:
             return base
-        return TrainConfig.from_dict({**base.to_dict(), **self.final})
+        asked = base.to_dict()
+        capped = {k: cap if asked[k] is None else min(asked[k], cap) for k, cap in self.final.items()}
+        return TrainConfig.from_dict({**asked, **capped})
 
     def key(self) -> str:
-        blob = json.dumps({"name": self.name, "train": self.train.to_dict()}, sort_keys=True)
+        blob = json.dumps({"name": self.name, "train": self.train.to_dict(), "inherit": self.inherit}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
 def load_fidelity(spec: str | Mapping[str, Any], space: str | None = None) -> Fidelity:
     """A preset from configs/fidelity.yaml by name (with its per-space override), or a mapping."""
     if isinstance(spec, Mapping):
-        unknown = set(spec) - {"train", "teacher_recipe", "name", "final"}
+        unknown = set(spec) - {"train", "teacher_recipe", "name", "final", "inherit"}
         if unknown:
-            raise ValueError(f"unknown fidelity keys {sorted(unknown)}; expected train, teacher_recipe, name, final")
+            raise ValueError(f"unknown fidelity keys {sorted(unknown)}; expected train, teacher_recipe, name, final, "
+                             f"inherit")
         return Fidelity(str(spec.get("name", "custom")), TrainConfig.from_dict(spec.get("train", {})),
-                        str(spec.get("teacher_recipe", "fast")), _check_final(spec.get("final")))
+                        str(spec.get("teacher_recipe", "fast")), _check_final(spec.get("final")),
+                        _check_inherit(spec.get("inherit"), space))
     presets = load_yaml("fidelity.yaml")
     if spec not in presets:
         raise ValueError(f"unknown fidelity {spec!r}; expected one of {', '.join(presets)} or a mapping")
@@ -77,7 +84,16 @@ def load_fidelity(spec: str | Mapping[str, Any], space: str | None = None) -> Fi
     if space is not None:
         train = dict(preset.get("by_space", {}).get(space, train))
     return Fidelity(spec, TrainConfig.from_dict(train), preset.get("teacher_recipe", "fast"),
-                    _check_final(preset.get("final")))
+                    _check_final(preset.get("final")), _check_inherit(preset.get("inherit"), space))
+
+
+def _check_inherit(inherit: str | Mapping[str, str] | None, space: str | None) -> str | None:
+    """A fidelity's inheritance mode for ``space``: one mode, or a mapping space -> mode (absent: None)."""
+    if isinstance(inherit, Mapping):
+        inherit = inherit.get(space) if space is not None else None
+    if inherit is not None and inherit not in INHERIT_MODES:
+        raise ValueError(f"unknown fidelity inherit {inherit!r}; expected one of {INHERIT_MODES}")
+    return inherit
 
 
 def _check_final(final: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -146,10 +146,11 @@ def reward_problem(name: str, info: Mapping[str, Any]) -> str | None:
     return reward.problem(info) if reward.value(info) is None else None
 
 
-def compute_reward(name: str, info: Mapping[str, Any], penalty: float = -1.0) -> float:
+def compute_reward(name: str, info: Mapping[str, Any], penalty: float) -> float:
     """The reward ``name`` for an episode's info (``valid``, ``accuracy``, ``compression``, ...).
 
-    Invalid students, and students the reward cannot be paid to, get ``penalty``.
+    Invalid students, and students the reward cannot be paid to, get ``penalty``, which the caller must
+    choose below the reward's floor (see :func:`invalid_penalty`); there is no default on purpose.
     """
     reward = REWARDS[check_reward_name(name)]
     value = reward.value(info) if info.get("valid", False) else None

@@ -18,14 +18,14 @@ INFO = {"valid": True, "accuracy": 0.8, "teacher_accuracy": 0.9, "compression": 
 
 def test_reward_formulas():
     assert n2n_reward(0.5, 0.9, 0.9) == pytest.approx(0.75)
-    assert compute_reward("n2n", INFO) == pytest.approx(0.75 * 1.25 * 0.8 / 0.9)
-    assert compute_reward("amc-flops", INFO) == pytest.approx(-0.2 * math.log(1_000_000))
-    assert compute_reward("amc-acc", INFO) == pytest.approx(0.8)
-    assert compute_reward("amc-acc", {**INFO, "budget_met": False}) == -1.0
-    assert compute_reward("legr", INFO) == pytest.approx(-0.7)
+    assert compute_reward("n2n", INFO, -1.0) == pytest.approx(0.75 * 1.25 * 0.8 / 0.9)
+    assert compute_reward("amc-flops", INFO, -20.0) == pytest.approx(-0.2 * math.log(1_000_000))
+    assert compute_reward("amc-acc", INFO, -1.0) == pytest.approx(0.8)
+    assert compute_reward("amc-acc", {**INFO, "budget_met": False}, -1.0) == -1.0
+    assert compute_reward("legr", INFO, -30.0) == pytest.approx(-0.7)
     assert compute_reward("n2n", {**INFO, "valid": False}, penalty=-2.0) == -2.0
     with pytest.raises(ValueError, match="unknown reward 'x'.*n2n, amc-acc, amc-flops, legr"):
-        compute_reward("x", INFO)
+        compute_reward("x", INFO, -1.0)
     with pytest.raises(ValueError, match="teacher_accuracy"):
         n2n_reward(0.5, 0.5, 0.0)
 
@@ -91,3 +91,13 @@ def test_train_final_reports_test_accuracy_and_the_student_round_trips(setup, tm
     loaded, arch, meta = load_student(tmp_path / "s.pt")
     assert arch == student and meta == report
     assert evaluate(loaded, data.test, data)[0] == report["test_accuracy"]
+
+
+def test_a_fidelitys_final_section_caps_and_never_lengthens():
+    from netcomp.distill import TrainConfig
+
+    smoke = load_fidelity("smoke")
+    assert smoke.final_config(TrainConfig(epochs=100)).max_steps == smoke.final["max_steps"]
+    assert smoke.final_config(TrainConfig(epochs=100, max_steps=1)).max_steps == 1   # shorter stays shorter
+    assert smoke.final_config(TrainConfig(epochs=0.5)).epochs == 0.5
+    assert load_fidelity("paper", "removal").final_config(TrainConfig(epochs=100)).epochs == 100  # no caps

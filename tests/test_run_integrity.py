@@ -207,3 +207,41 @@ def test_a_teacher_file_for_another_dataset_is_refused_at_the_cli(tiny_config, t
     assert run("--env", "removal-resnet20-synthetic", "--agent", "random", "--budget", 2, "--config", tiny_config,
                "--teacher", notes, "--out", tmp_path / "y") == 2
     assert "is not a netcomp teacher checkpoint" in capsys.readouterr().err
+
+
+def test_a_resume_that_cannot_replay_the_record_stops_and_says_so(tiny_config, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert run("--env", "removal-resnet20-synthetic", "--agent", "random", "--budget", 4, "--config", tiny_config,
+               "--out", out) == 0
+    lines = (out / "evaluations.jsonl").read_text().splitlines()
+    edited = json.loads(lines[2])
+    edited["action"], edited["arch_key"] = [1] * len(edited["action"]), "not-this-one"
+    lines[2] = json.dumps(edited)
+    (out / "evaluations.jsonl").write_text("\n".join(lines) + "\n")
+    for name in ("summary.json", "checkpoint.pt"):  # as if killed before the first checkpoint
+        (out / name).unlink()
+    assert run("--resume", out) == 2
+    assert "cannot replay evaluation 2" in capsys.readouterr().err
+    assert (out / "evaluations.jsonl").read_text().splitlines()[2] == lines[2]  # the record is left as it was
+
+
+def test_a_seconds_budget_runs_until_the_training_seconds_are_spent(tiny_config, tmp_path, capsys):
+    out = tmp_path / "s"
+    assert run("--env", "removal-resnet20-synthetic", "--agent", "random", "--budget-seconds", 0.5,
+               "--config", tiny_config, "--out", out) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    records = read_records(out / "evaluations.jsonl")
+    trained = sum(r["eval_seconds"] for r in records if not r["cached"])
+    assert summary["budget"] is None and summary["budget_seconds"] == 0.5
+    assert trained >= 0.5 and trained - records[-1]["eval_seconds"] < 0.5  # stopped at the first past the limit
+    assert run("--env", "removal-resnet20-synthetic", "--agent", "n2n", "--budget-seconds", 5,
+               "--config", tiny_config, "--out", tmp_path / "n") == 2
+    assert "needs a budget in evaluations" in capsys.readouterr().err
+
+
+def test_a_finished_n2n_run_is_not_extended_in_silence(tiny_config, tmp_path, capsys):
+    out = tmp_path / "n"
+    assert run("--env", "removal-resnet20-synthetic", "--agent", "n2n", "--budget", 4, "--config", tiny_config,
+               "--out", out) == 0
+    assert run("--resume", out, "--budget", 8) == 2
+    assert "cannot extend a run" in capsys.readouterr().err
