@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--budget", type=int, help="reward evaluations to spend (on --resume: a larger one extends)")
     p.add_argument("--budget-seconds", dest="budget_seconds", type=float,
                    help="training seconds to spend (students' training plus white-box agents' own)")
-    p.add_argument("--fidelity", help="smoke | fast | paper | esnac (configs/fidelity.yaml)")
+    p.add_argument("--fidelity", help="rank (default) | smoke | fast | paper | esnac | reference (configs/)")
     p.add_argument("--mode", choices=("oneshot", "sequential"), help="env mode (default: the agent's)")
     p.add_argument("--preset", help="a presets: section of configs/<agent>.yaml (e.g. fast)")
     p.add_argument("--config", help="a YAML file layered over the defaults")

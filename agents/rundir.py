@@ -41,7 +41,7 @@ from netcomp.files import torch_save_atomic, write_text_atomic
 RUN_DEFAULTS: dict[str, Any] = {
     "budget": 20,            # reward evaluations (None with a seconds-only budget)
     "budget_seconds": None,  # training seconds (evaluations' training plus white-box agents' own)
-    "fidelity": "fast",      # configs/fidelity.yaml preset
+    "fidelity": "rank",      # configs/fidelity.yaml preset (rank: the cheap one that ranks students)
     "mode": None,            # None: the agent's first supported mode
     "seed": 0,
     "device": None,          # None: cuda if available, else cpu
