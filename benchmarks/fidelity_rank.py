@@ -32,7 +32,6 @@ from scipy import stats
 
 from envs import SPACES
 from netcomp.arch import Arch, arch_key
-from netcomp.surgery import student_problem
 
 
 def env_class(space: str) -> type:
@@ -62,7 +61,7 @@ def sample_students(env, n: int, seed: int) -> list[Arch]:
     ev = env.evaluator
     for _ in range(200 * n):
         student = env.student_for(spread_action(env, rng))
-        if student_problem(student, None, ev.min_linear_inputs) or ev.size_problem(student):
+        if ev.problem(student):
             continue
         key = arch_key(student, with_origin=True)
         if key not in keys:

@@ -24,7 +24,7 @@ from netcomp.arch import Arch
 from netcomp.data import DATASETS, Dataset, load_dataset
 from netcomp.evaluator import Evaluator, Fidelity, load_fidelity
 from netcomp.metrics import count_macs, count_params
-from netcomp.rewards import REWARDS, RewardContext, check_reward_name, invalid_penalty, reward_problem
+from netcomp.rewards import REWARDS, RewardContext, check_reward_name, invalid_penalty
 from netcomp.teachers import Teacher, get_teacher, load_teacher
 from netcomp.zoo import ARCHS
 
@@ -185,9 +185,13 @@ class CompressionEnv(gym.Env):
         """Evaluate students together (shared batches) and return their episode infos, in order."""
         results = self.evaluator.evaluate_many(list(students), seed=self.train_seed)
         infos = [self.episode_info(r, si) for r, si in zip(results, space_infos)]
-        self._last_student, self.last_result, self._last_info = students[-1], results[-1], infos[-1]
-        self.last_results = results
+        self._remember(students[-1], results, infos[-1])
         return infos
+
+    def _remember(self, student: Arch, results: list, info: dict[str, Any]) -> None:
+        """The last scored student, its result(s) and info (``student``, ``last_result``, render)."""
+        self._last_student, self.last_result, self._last_info = student, results[-1], info
+        self.last_results = results
 
     def evaluate_many(self, actions: Sequence[Any]) -> list[dict[str, Any]]:
         """Score several whole-episode actions at once: one info per action, as the final step would give.
@@ -215,8 +219,7 @@ class CompressionEnv(gym.Env):
         else:
             result = self.evaluator.evaluate_weights(student, weights, train=train, seed=self.train_seed)
         info = self.episode_info(result, {"submitted": True, "trained": weights is None or bool(train)})
-        self._last_student, self.last_result, self._last_info = student, result, info
-        self.last_results = [result]
+        self._remember(student, [result], info)
         return info
 
     def episode_info(self, result, space_info: Mapping[str, Any]) -> dict[str, Any]:
@@ -237,13 +240,12 @@ class CompressionEnv(gym.Env):
         }
         if not result.valid:
             info["invalid_reason"] = result.invalid_reason
-        else:
-            problem = reward_problem(self.reward_name, {**info, "max_loss": self.reward_context.max_loss})
-            if problem is not None:
-                info["valid"], info["invalid_reason"] = False, problem
-        value = REWARDS[self.reward_name].value if info["valid"] else None
+        reward = REWARDS[self.reward_name]
         scoring = {**info, "max_loss": self.reward_context.max_loss}
-        info["reward"] = float(value(scoring)) if value is not None else self.penalty
+        value = reward.value(scoring) if info["valid"] else None
+        if info["valid"] and value is None:  # the reward cannot be paid: an invalid episode, with the reason
+            info["valid"], info["invalid_reason"] = False, reward.problem(scoring)
+        info["reward"] = self.penalty if value is None else float(value)
         return info
 
     def episode_state(self) -> dict[str, Any]:

@@ -172,7 +172,8 @@ class Evaluator:
         self.split = split
         self.teacher_params = count_params(teacher.arch)
         self.teacher_macs = count_macs(teacher.arch)
-        scored = self.dataset.val if split == "val" else self.dataset.test
+        #: the split rewards are measured on
+        self.scored = scored = self.dataset.val if split == "val" else self.dataset.test
         acc, loss = evaluate(self.teacher_model, scored, self.dataset, device=self.device,
                              max_items=fidelity.train.eval_max)
         self.teacher_accuracy, self.teacher_loss = acc, loss
@@ -213,7 +214,7 @@ class Evaluator:
         results: list[EvalResult | None] = [None] * len(students)
         pending: dict[str, list[int]] = {}
         for i, student in enumerate(students):
-            problem = student_problem(student, None, self.min_linear_inputs) or self.size_problem(student)
+            problem = self.problem(student)
             if problem is not None:
                 results[i] = EvalResult(False, _safe_key(student), _safe(count_params, student),
                                         _safe(count_macs, student), invalid_reason=problem)
@@ -236,6 +237,10 @@ class Evaluator:
     def max_growth(self) -> float:
         """How many times the teacher's size a valid student may reach (1.0: strictly smaller)."""
         return 1.0 if self.require_smaller else MAX_GROWTH
+
+    def problem(self, student: Arch) -> str | None:
+        """Why a student cannot be scored (a broken network, a too-narrow linear, too large), or None."""
+        return student_problem(student, None, self.min_linear_inputs) or self.size_problem(student)
 
     def size_problem(self, student: Arch) -> str | None:
         """Why a student is too large (see ``require_smaller`` and ``size_metrics``), or None."""
@@ -288,7 +293,7 @@ class Evaluator:
         the student's identity), always counted as a training.
         """
         seed = self.seed if seed is None else seed
-        problem = student_problem(student, None, self.min_linear_inputs) or self.size_problem(student)
+        problem = self.problem(student)
         if problem is not None:
             return EvalResult(False, _safe_key(student), _safe(count_params, student), _safe(count_macs, student),
                               invalid_reason=problem)
@@ -305,8 +310,7 @@ class Evaluator:
                                      device=self.device, seed=seed, split=self.split)[0]
                 valid, acc, loss, reason = out.valid, out.accuracy, out.loss, out.invalid_reason
             else:
-                scored = self.dataset.val if self.split == "val" else self.dataset.test
-                acc, loss = evaluate(module, scored, self.dataset, device=self.device,
+                acc, loss = evaluate(module, self.scored, self.dataset, device=self.device,
                                      max_items=self.fidelity.train.eval_max)
                 valid, reason = bool(math.isfinite(loss)), None if math.isfinite(loss) else "non-finite loss"
         self.trainings += 1

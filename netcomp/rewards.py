@@ -14,7 +14,7 @@ MACs at most ``max_growth`` times the teacher's, strictly below it when ``max_gr
 ``legr`` a validation loss of at most :data:`LEGR_MAX_LOSS_FACTOR` x ln(classes)). An invalid student gets
 ``penalty``, which must lie below the floor; by default it is ``floor - 1`` (so -1 for ``n2n``, N2N's own
 value). A reward that cannot be paid for a valid student (AMC's budget not met, LeGR's loss above its
-cap) makes the episode invalid with the reason (:func:`reward_problem`).
+cap) makes the episode invalid with the reason (``Reward.problem``).
 """
 
 from __future__ import annotations
@@ -138,12 +138,6 @@ def invalid_penalty(name: str, ctx: RewardContext, penalty: float | None = None)
         raise ValueError(f"penalty {penalty} must be below the lowest reward a valid student can get under "
                          f"{name!r} ({floor:.4f} for this teacher); leave penalty=None for {floor - 1.0:.4f}")
     return penalty
-
-
-def reward_problem(name: str, info: Mapping[str, Any]) -> str | None:
-    """Why reward ``name`` cannot be paid to this (otherwise valid) student, or None if it can."""
-    reward = REWARDS[check_reward_name(name)]
-    return reward.problem(info) if reward.value(info) is None else None
 
 
 def compute_reward(name: str, info: Mapping[str, Any], penalty: float) -> float:
