@@ -189,7 +189,7 @@ class Recorder(gym.Wrapper):
         extra = {"student": arch_to_dict(student)}
         if weights is not None and self.log.path is not None:
             path = self.log.path.parent / "submitted" / f"{self.budget.used}.pt"
-            save_atomic({k: v.detach().cpu() for k, v in weights.items()}, path)
+            torch_save_atomic({k: v.detach().cpu() for k, v in weights.items()}, path)
             extra["weights"] = str(path.relative_to(self.log.path.parent))
         self._record(float(info["reward"]), info, None, False, extra)
         return info
@@ -341,11 +341,6 @@ def check_budget_units(agent: type[Agent], budget: Budget) -> None:
                          f"counted in evaluations, not training seconds")
     if budget.seconds is None and "evaluations" not in agent.budget_units:
         raise ValueError(f"agent {agent.name!r} needs a budget in training seconds (--budget-seconds S)")
-
-
-def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save ``obj`` to ``path`` atomically (see :mod:`netcomp.files`)."""
-    torch_save_atomic(obj, path)
 
 
 def _describe(budget: Budget) -> str:

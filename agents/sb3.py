@@ -21,7 +21,8 @@ from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
-from agents.base import Agent, save_atomic
+from agents.base import Agent
+from netcomp.files import torch_save_atomic
 
 #: Version of the state and policy files written by SB3Agent.
 SB3_FORMAT = 1
@@ -122,11 +123,10 @@ class SB3Agent(Agent):
     # ------------------------------------------------------------------ transfer
     def save_policy(self, path: str | Path) -> None:
         """The policy's weights and what they expect (loadable with weights_only=True)."""
-        save_atomic({"format": SB3_FORMAT, "algorithm": self.algorithm.__name__,
-                     "policy": self.model.policy.state_dict(),
-                     "meta": {"observation_shape": list(self.env.observation_space.shape),
-                              "action_space": repr(self.env.action_space), "policy_class": self.config.policy}},
-                    Path(path))
+        meta = {"observation_shape": list(self.env.observation_space.shape),
+                "action_space": repr(self.env.action_space), "policy_class": self.config.policy}
+        torch_save_atomic({"format": SB3_FORMAT, "algorithm": self.algorithm.__name__,
+                           "policy": self.model.policy.state_dict(), "meta": meta}, Path(path))
 
     def load_policy(self, path: str | Path, trust_pickle: bool = False) -> None:
         """Start from a policy saved by another run: our weights-only file, or (only with ``trust_pickle``) an

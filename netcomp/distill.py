@@ -376,13 +376,21 @@ def evaluate(model: nn.Module, split: Split, dataset: Dataset, device: str | tor
     return correct.item() / n, loss_sum.item() / n
 
 
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, split: Split, dataset: Dataset, batch_size: int, batches: int,
-                   channels_last: bool = False) -> None:
-    """Re-estimate the BatchNorm running statistics of ``model`` from the first ``batches`` batches of
-    ``split`` (un-augmented, unshuffled): the statistics become the plain average over those batches.
+def recalibration_batches(split: Split, dataset: Dataset, batch_size: int, batches: int,
+                          channels_last: bool = False) -> list[torch.Tensor]:
+    """The first ``batches`` un-augmented, unshuffled, normalised batches of ``split``: the images every
+    student's BatchNorm statistics are re-estimated on (cut once, shared by all students)."""
+    loader = DeviceLoader(_head(split, batch_size * batches), batch_size, dataset.mean, dataset.std,
+                          shuffle=False, augment=False, drop_last=False, channels_last=channels_last)
+    return [x for x, _ in loader]
 
-    Weights are untouched; the model's train/eval mode is restored.
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: Sequence[torch.Tensor]) -> None:
+    """Re-estimate the BatchNorm running statistics of ``model`` from ``batches`` (see
+    :func:`recalibration_batches`): the statistics become the plain average over those batches.
+
+    Weights are untouched; the model's train/eval mode and the layers' momentum are restored.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
@@ -393,10 +401,8 @@ def recalibrate_bn(model: nn.Module, split: Split, dataset: Dataset, batch_size:
         m.momentum = None  # cumulative moving average: the mean over the batches seen
     was_training = model.training
     model.train()
-    loader = DeviceLoader(_head(split, batch_size * batches), batch_size, dataset.mean, dataset.std,
-                          shuffle=False, augment=False, drop_last=False, channels_last=channels_last)
     try:
-        for x, _ in loader:
+        for x in batches:
             model(x)
     finally:
         for m, momentum in saved:
@@ -501,6 +507,8 @@ def train_students(students: Sequence[nn.Module], dataset: Dataset, config: Trai
     augment = dataset.augment if config.augment is None else config.augment
     # Batches are cut and augmented where the images live: put them on the training device once.
     train_split = _head(dataset.train, config.train_max).to(device)
+    recal_batches = (recalibration_batches(train_split, dataset, config.batch_size, config.bn_recalibrate,
+                                           channels_last) if config.bn_recalibrate else [])
     # Drop the ragged last batch (a batch of one breaks BatchNorm) unless there is only one batch.
     drop_last = len(train_split.y) > config.batch_size
     loader = DeviceLoader(train_split, config.batch_size, dataset.mean, dataset.std, shuffle=True,
@@ -588,9 +596,8 @@ def train_students(students: Sequence[nn.Module], dataset: Dataset, config: Trai
                          "train_loss": s.epoch_loss_sum / s.epoch_steps if s.epoch_steps else math.nan,
                          "val_accuracy": None, "val_loss": None}
                 if evaluate_each_epoch or last_epoch:
-                    if config.bn_recalibrate:
-                        recalibrate_bn(s.model, train_split, dataset, config.batch_size, config.bn_recalibrate,
-                                       channels_last=channels_last)
+                    if recal_batches:
+                        recalibrate_bn(s.model, recal_batches)
                     acc, vloss = evaluate(s.model, eval_split, dataset, device=device,
                                           max_items=config.eval_max, amp=config.amp,
                                           channels_last=channels_last)

@@ -7,7 +7,7 @@ from torch import nn
 
 from envs.removal import RemovalEnv
 from netcomp.data import load_dataset
-from netcomp.distill import recalibrate_bn
+from netcomp.distill import recalibrate_bn, recalibration_batches
 from netcomp.evaluator import load_fidelity
 from tests.conftest import TINY
 
@@ -18,7 +18,9 @@ def test_recalibrated_bn_statistics_are_the_mean_over_the_batches():
     bn = model[1]
     bn.running_mean.fill_(5.0)
     bn.momentum = 0.3
-    recalibrate_bn(model.eval(), data.train, data, batch_size=32, batches=2)
+    batches = recalibration_batches(data.train, data, batch_size=32, batches=2)
+    assert [len(x) for x in batches] == [32, 32]
+    recalibrate_bn(model.eval(), batches)
     x = (data.train.x[:64].float() / 255 - torch.tensor(data.mean).view(1, -1, 1, 1)) / torch.tensor(
         data.std).view(1, -1, 1, 1)
     with torch.no_grad():
