@@ -9,6 +9,7 @@ from agents.base import Agent
 #: name -> "module:Class" (imported when used, so listing agents stays cheap).
 AGENTS: dict[str, str] = {
     "n2n": "baselines.n2n:N2NAgent",
+    "esnac": "baselines.esnac:ESNACAgent",
     "random": "agents.random_search:RandomAgent",
     "ppo": "agents.sb3:PPOAgent",
     "a2c": "agents.sb3:A2CAgent",

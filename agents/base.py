@@ -18,16 +18,18 @@ agents stop when ``budget.exhausted``. Agents save and load their state so a kil
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 from netcomp.arch import Arch, arch_from_dict, arch_to_dict
 from netcomp.files import torch_save_atomic
@@ -322,6 +324,21 @@ class Agent(ABC):
         """The action of the best student found (white-box agents return their result here)."""
         best = self.env.best
         return None if best is None else best["action"]
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run an agent's small recurrent models (N2N's policies, ESNAC's embedding) on one CPU thread.
+
+    A small LSTM is latency-bound: with several intra-op threads the synchronisation costs more than the
+    arithmetic, and on a busy 2-core machine a step was 100-400x slower. The previous setting is restored.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def make_config(cls: type, overrides: dict[str, Any] | None) -> Any:

@@ -14,11 +14,14 @@ class RandomConfig:
 
 
 class RandomAgent(Agent):
-    """Uniform samples of the one-shot action space (seeded), one evaluation each, until the budget is spent."""
+    """Samples of the one-shot action space (seeded), one evaluation each, until the budget is spent.
+
+    The space's own sampler (``env.sample_action``): uniform over the action space, except the edit space,
+    which draws from ESNAC's sampler (uniform bits would add half of all possible skips)."""
 
     name = "random"
     kind = "blackbox"
-    spaces = ("removal", "shrinkage", "channel-ratio", "ranking-affine")
+    spaces = ("removal", "shrinkage", "channel-ratio", "ranking-affine", "edit")
     modes = ("oneshot",)
     Config = RandomConfig
 
@@ -28,7 +31,7 @@ class RandomAgent(Agent):
 
     def run(self) -> None:
         while not self.budget.exhausted:
-            self.evaluate(self.env.action_space.sample())
+            self.evaluate(self.env.unwrapped.sample_action())
             self.checkpoint()
 
     def checkpoint(self) -> None:

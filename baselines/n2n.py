@@ -27,8 +27,7 @@ called after every policy update. Policies transfer across teachers of different
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -38,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agents.base import Agent, Recorder
+from agents.base import Agent, Recorder, one_torch_thread
 from envs.shrinkage import N2N_LOOKUP
 from netcomp.arch import Arch, arch_from_dict, arch_to_dict, n2n_descriptors
 from netcomp.distill import LOSSES, OPTIMIZERS, SCHEDULES, TrainConfig
@@ -491,7 +490,7 @@ class N2NAgent(Agent):
     def sample_actions(self, stage: str, obs: torch.Tensor | None = None) -> torch.Tensor:
         """The policy's per-token actions for a stage (before any misalignment), from the agent's generator."""
         obs = self.observation(stage) if obs is None else obs
-        with _one_thread():
+        with one_torch_thread():
             if stage == "removal":
                 return self.removal_policy.sample(obs, self.generator)
             return self.shrink_policy.sample(obs, self._factors(), self.generator)
@@ -530,7 +529,7 @@ class N2NAgent(Agent):
         No entropy bonus, no clipping, no discount (one terminal reward), as in the reference.
         """
         opt = self.removal_opt if stage == "removal" else self.shrink_opt
-        with _one_thread():
+        with one_torch_thread():
             if self.config.step_per_rollout:
                 for a, adv in zip(actions, advantages):
                     opt.zero_grad(set_to_none=True)
@@ -702,21 +701,6 @@ class N2NAgent(Agent):
         self.history = _copy(state["history"])
         self.notes.update(_copy(state["notes"]))
         self.stage2_env = None  # rebuilt from best_removal when stage 2 runs
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run the policies' tiny recurrent ops on one CPU thread.
-
-    A 30-unit LSTM step is latency-bound: with several intra-op threads the synchronisation costs more
-    than the arithmetic, and on a busy machine it can be 100x slower. The previous setting is restored.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _summary(entry: dict[str, Any] | None) -> dict[str, Any] | None:

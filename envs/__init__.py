@@ -17,6 +17,7 @@ SPACES: dict[str, str] = {
     "shrinkage": "envs.shrinkage:ShrinkageEnv",
     "channel-ratio": "envs.channel_ratio:ChannelRatioEnv",
     "ranking-affine": "envs.ranking_affine:RankingAffineEnv",
+    "edit": "envs.edit:EditEnv",
 }
 
 

@@ -98,7 +98,8 @@ class CompressionEnv(gym.Env):
                                    inherit=inherit or self.fidelity.inherit or self.default_inherit,
                                    cache_path=cache_path,
                                    min_linear_inputs=self._min_linear_inputs(), require_smaller=require_smaller,
-                                   split=reward_split, size_metrics=REWARDS[self.reward_name].size_metrics)
+                                   split=reward_split, size_metrics=REWARDS[self.reward_name].size_metrics,
+                                   inherit_bn_stats=getattr(self, "copy_bn_stats", True))
         ev = self.evaluator
         self.reward_context = RewardContext(ev.teacher_accuracy, ev.teacher_params, ev.teacher_macs,
                                             self.arch.num_classes, ev.max_growth)
@@ -329,6 +330,22 @@ class CompressionEnv(gym.Env):
             self._values.append(value)
         self._t = len(self.layers)
         return self._make_student(self._values)
+
+    def sample_action(self, rng: np.random.Generator | None = None) -> Any:
+        """A random one-shot action from this space's sampler: uniform over the action space here (the edit
+        space overrides it with ESNAC's sampler). ``rng`` defaults to the action space's own generator."""
+        space = self.action_space
+        if rng is None:
+            return space.sample()
+        if isinstance(space, spaces.Box):
+            return rng.uniform(space.low, space.high).astype(space.dtype)
+        if isinstance(space, spaces.MultiBinary):
+            return rng.integers(0, 2, space.shape).astype(space.dtype)
+        if isinstance(space, spaces.MultiDiscrete):
+            return rng.integers(0, space.nvec).astype(space.dtype)
+        if isinstance(space, spaces.Discrete):
+            return int(space.start + rng.integers(space.n))
+        raise TypeError(f"no sampler for {space}")
 
     @property
     def student(self) -> Arch | None:

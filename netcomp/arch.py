@@ -425,30 +425,90 @@ def n2n_descriptors(arch: Arch) -> np.ndarray:
     return np.asarray(rows, dtype=np.float32).reshape(-1, 7)
 
 
-def esnac_vectors(arch: Arch, max_layers: int = 128) -> np.ndarray:
-    """ESNAC node vectors for the layer graph: 10-way type one-hot, (k, s, p, groups, in, out), then
-    one-hot 'distance back' of incoming edges and 'distance forward' of outgoing edges.
+#: ESNAC's one-hot length for edge distances, raised from the reference's 128 so that every zoo model fits
+#: (ResNet-110 has 334 ESNAC nodes, ResNet-56 and ShuffleNet 172, MobileNetV2 153). One constant for every
+#: teacher, so a learned embedding transfers.
+ESNAC_MAX_LAYERS = 384
+#: Width of an ESNAC node vector: 10-way type one-hot, (k, s, p, groups, in, out), in and out distance one-hots.
+ESNAC_BASE = 16
 
-    Nodes are every non-input node; edges are the graph's data edges. Raises ValueError if the graph has
-    more nodes than ``max_layers`` (ESNAC's one-hot would overflow).
+
+def esnac_nodes(arch: Arch) -> tuple[str, ...]:
+    """ESNAC's node sequence: every node but the input, the adds and identities, in order.
+
+    ESNAC has no add node: a node sums all its inputs, so a residual add is the input of the ReLU after it.
+    Our adds are folded the same way (see :func:`esnac_edges`); ResNet-18 gives ESNAC's 60 nodes, VGG-19 55.
     """
-    nodes = [n for n in arch.nodes if n.op != "input"]
-    if len(nodes) > max_layers:
-        raise ValueError(f"{len(nodes)} nodes exceed max_layers={max_layers}; raise max_layers")
-    pos = {n.name: i for i, n in enumerate(nodes)}
-    out = np.zeros((len(nodes), 16 + 2 * max_layers), dtype=np.float32)
-    for i, node in enumerate(nodes):
-        op = "avgpool" if node.op == "gap" else ("identity" if node.op == "add" else node.op)
-        out[i, ESNAC_TYPES.index(op)] = 1.0
-        k, s, p = _geometry(arch, node)
-        groups = arch.conv_groups(node) if node.op == "conv" else 0
-        cin = arch.in_shape(node.name)[0] if node.op in ("conv", "linear") else 0
-        cout = arch.shapes[node.name][0] if node.op in ("conv", "linear") else 0
-        out[i, 10:16] = (k, s, p, groups, cin, cout)
-        for src in node.inputs:
-            if src in pos:
-                out[i, 16 + i - pos[src]] = 1.0
-                out[pos[src], 16 + max_layers + i - pos[src]] = 1.0
+    return tuple(n.name for n in arch.nodes if n.op not in ("input", "add", "identity"))
+
+
+def esnac_edges(arch: Arch) -> set[tuple[str, str]]:
+    """ESNAC's edges (i -> j) between :func:`esnac_nodes`: data edges seen through adds and identities."""
+    rows = set(esnac_nodes(arch))
+    sources: dict[str, set[str]] = {}
+    for node in arch.nodes:
+        srcs: set[str] = set()
+        for i in node.inputs:
+            srcs |= {i} if i in rows else sources.get(i, set())
+        sources[node.name] = srcs
+    return {(s, n) for n in rows for s in sources[n]}
+
+
+def _bypassed(teacher: Arch, edges: set[tuple[str, str]], alive: set[str]) -> dict[str, set[str]]:
+    """For each node, the nodes reachable along teacher edges whose interior nodes were all removed."""
+    succ: dict[str, list[str]] = {}
+    for s, d in edges:
+        succ.setdefault(s, []).append(d)
+    out = {}
+    for start in esnac_nodes(teacher):
+        seen, stack = set(), list(succ.get(start, ()))
+        while stack:
+            n = stack.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            if n not in alive:
+                stack.extend(succ.get(n, ()))
+        out[start] = seen
+    return out
+
+
+def esnac_descriptor(teacher: Arch, student: Arch | None = None, max_layers: int = ESNAC_MAX_LAYERS) -> np.ndarray:
+    """ESNAC's representation of a student: one 16 + 2 * max_layers row per node of the *teacher*.
+
+    Rows follow the teacher's fixed node sequence (:func:`esnac_nodes`); a layer the student removed is an
+    Identity row (type one-hot only) that keeps the teacher's edges, so every student of one teacher has the
+    same length. A row is the 10-way type one-hot (ESNAC_TYPES; a global pool reads as AvgPool2d), then raw
+    (kernel, stride, padding, groups, in_channels, out_channels), in/out channels filled for conv and linear
+    only, then a one-hot 'distance back' (i - j) for every edge j -> i and 'distance forward' (j - i) for
+    every edge i -> j. Edges are the teacher's plus every student edge that a removal does not explain (an
+    added skip). Raw values, no normalisation, as ESNAC. ``student=None`` describes the teacher.
+    """
+    student = teacher if student is None else student
+    rows = esnac_nodes(teacher)
+    if len(rows) > max_layers:
+        raise ValueError(f"{len(rows)} nodes exceed max_layers={max_layers}; raise max_layers")
+    pos = {name: i for i, name in enumerate(rows)}
+    alive = {name for name in esnac_nodes(student) if name in pos}
+    t_edges = esnac_edges(teacher)
+    edges = set(t_edges)
+    if student is not teacher:
+        reach = _bypassed(teacher, t_edges, alive)
+        edges |= {(s, d) for s, d in esnac_edges(student) if s in pos and d in pos and d not in reach[s]}
+    out = np.zeros((len(rows), ESNAC_BASE + 2 * max_layers), dtype=np.float32)
+    for i, name in enumerate(rows):
+        if name not in alive:
+            out[i, ESNAC_TYPES.index("identity")] = 1.0
+            continue
+        node = student.node(name)
+        out[i, ESNAC_TYPES.index("avgpool" if node.op == "gap" else node.op)] = 1.0
+        k, s, p = _geometry(student, node)
+        groups = student.conv_groups(node) if node.op == "conv" else 0
+        io = (student.in_shape(name)[0], student.shapes[name][0]) if node.op in ("conv", "linear") else (0, 0)
+        out[i, 10:16] = (k, s, p, groups, *io)
+    for s, d in edges:
+        out[pos[d], ESNAC_BASE + pos[d] - pos[s]] = 1.0
+        out[pos[s], ESNAC_BASE + max_layers + pos[d] - pos[s]] = 1.0
     return out
 
 

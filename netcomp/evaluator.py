@@ -139,7 +139,8 @@ class EvalResult:
 class Evaluator:
     """Scores students of one teacher on one dataset at one fidelity.
 
-    ``inherit`` is the default weight-inheritance mode (see :func:`netcomp.surgery.inherit_weights`).
+    ``inherit`` is the default weight-inheritance mode (see :func:`netcomp.surgery.inherit_weights`);
+    ``inherit_bn_stats=False`` leaves inherited BatchNorms with fresh running statistics (ESNAC).
     ``require_smaller`` makes a student that is not smaller than the teacher in every one of
     ``size_metrics`` ("params", "macs") invalid (N2N: params); without it a student may be at most
     :data:`MAX_GROWTH` times the teacher's size. Either way every reward has a floor (netcomp.rewards).
@@ -151,7 +152,7 @@ class Evaluator:
     def __init__(self, teacher: Teacher, dataset: Dataset, fidelity: Fidelity, device: str | torch.device = "cpu",
                  seed: int = 0, inherit: str = "reinit", require_smaller: bool = True, min_linear_inputs: int = 1,
                  cache_path: str | Path | None = None, split: str = "val",
-                 size_metrics: Sequence[str] = ("params",)) -> None:
+                 size_metrics: Sequence[str] = ("params",), inherit_bn_stats: bool = True) -> None:
         if split not in ("val", "test"):
             raise ValueError(f"unknown reward split {split!r}; expected 'val' (default) or 'test' (N2N's leak)")
         if inherit not in INHERIT_MODES:
@@ -163,6 +164,7 @@ class Evaluator:
         self.fidelity = fidelity
         self.seed = seed
         self.inherit = inherit
+        self.inherit_bn_stats = bool(inherit_bn_stats)
         self.require_smaller = require_smaller
         unknown = sorted(set(size_metrics) - {"params", "macs"})
         if unknown:
@@ -189,7 +191,8 @@ class Evaluator:
     # ------------------------------------------------------------------ cache
     def cache_key(self, student: Arch, inherit: str, seed: int) -> str:
         key = arch_key(student, with_origin=inherit != "reinit")
-        return f"{key}|{inherit}|{self.teacher_id}|{self.fidelity.key()}|{seed}|{self.split}"
+        stats = "" if self.inherit_bn_stats or inherit == "reinit" else "|fresh-bn-stats"
+        return f"{key}|{inherit}{stats}|{self.teacher_id}|{self.fidelity.key()}|{seed}|{self.split}"
 
     def _load_cache(self) -> None:
         # a torn last line (a kill or a full disk mid-append) is dropped and cut off, so the run resumes
@@ -261,7 +264,8 @@ class Evaluator:
         """
         torch.manual_seed(seed)
         module = build_module(arch)
-        inherit_weights(module, arch, self.teacher.model, self.teacher.arch, mode=inherit)
+        inherit_weights(module, arch, self.teacher.model, self.teacher.arch, mode=inherit,
+                        bn_stats=self.inherit_bn_stats)
         return module.to(self.device)
 
     def _train(self, students: Sequence[Arch], inherit: str, seed: int) -> list[EvalResult]:

@@ -38,3 +38,12 @@ def cli(*argv) -> int:
     import run_agent
 
     return run_agent.main([str(a) for a in argv])
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models train faster on one torch thread than on two contended ones (the CI box is shared)."""
+    from agents.base import one_torch_thread
+
+    with one_torch_thread():
+        yield

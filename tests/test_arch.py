@@ -5,12 +5,14 @@ import pytest
 
 from netcomp.arch import (
     AMC_FEATURES,
+    ESNAC_MAX_LAYERS,
     Arch,
     ArchError,
     Node,
     amc_features,
     arch_key,
-    esnac_vectors,
+    esnac_descriptor,
+    esnac_nodes,
     n2n_descriptors,
     prunable_layers,
     removable_layers,
@@ -113,17 +115,17 @@ def test_n2n_descriptors():
     assert tuple(d[arch.layers.index("pool")][:3]) == (8, 4, 4)  # global pool reads as AvgPool2d(4)
 
 
-def test_esnac_vectors_encode_types_attributes_and_edges():
+def test_esnac_descriptor_encodes_types_attributes_and_edges():
     arch = build_arch("resnet18")
-    v = esnac_vectors(arch)
-    assert v.shape == (len(arch.nodes) - 1, 272)
-    nodes = [n for n in arch.nodes if n.op != "input"]
-    i_add = [n.name for n in nodes].index("layer1.0.add")
-    # the add reads bn2 (1 back) and the stem ReLU (further back)
-    back = np.nonzero(v[i_add, 16:144])[0]
+    v = esnac_descriptor(arch)
+    assert v.shape == (60, 16 + 2 * ESNAC_MAX_LAYERS)   # ESNAC's 60 nodes: no input, adds folded
+    names = list(esnac_nodes(arch))
+    i_relu2 = names.index("layer1.0.relu2")
+    # the post-add ReLU reads bn2 (1 back) and the stem ReLU (further back): the add is its input sum
+    back = np.nonzero(v[i_relu2, 16:16 + ESNAC_MAX_LAYERS])[0]
     assert 1 in back and len(back) == 2
     with pytest.raises(ValueError, match="max_layers"):
-        esnac_vectors(build_arch("resnet110"))
+        esnac_descriptor(build_arch("resnet110"), max_layers=128)
 
 
 def test_amc_features_use_fixed_scales_so_they_transfer():

@@ -1,0 +1,375 @@
+"""ESNAC (Cao, Wang, Kitani, ICLR 2019): Bayesian optimisation of compressed architectures in a learned embedding.
+
+Specified from ../shared/reference/n2n_esnac.md part B. Each search step:
+1. builds K fresh kernels; kernel k embeds architectures with a bi-LSTM over their ESNAC descriptor (mean-pooled,
+   L2-normalised; :class:`Embedding`), puts an RBF kernel on the embeddings (lengthscale^2 = alpha, fixed noise
+   beta; :class:`EmbeddingGP`, a GPyTorch exact GP) and learns the LSTM on a Bernoulli(0.5) subsample of the
+   evaluated students plus the teacher (reward 0) by the leave-one-out predictive log-likelihood
+   (GPyTorch's ``LeaveOneOutPseudoLikelihood``, ESNAC's objective) with Adam and ESNAC's stopping rule;
+2. each kernel proposes the candidate with the highest Expected Improvement among ``candidates`` students drawn
+   from the space's sampler (the edit space: ESNAC's sampler on the teacher);
+3. the K proposals are evaluated together (``evaluate_many``: trained on shared batches).
+After the budget, the top ``top_k`` students by search reward are trained fully (the run's final training) and
+the best by validation f (``select_on: val``; ``test`` reproduces the reference's test-set selection) is kept.
+The kernel works on students, not actions, so the agent also runs on the removal and shrinkage spaces.
+Transfer (B13): ``policy.pt`` holds an embedding fitted on every evaluation; ``--load-policy`` reuses it for
+another teacher with no fitting.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import gpytorch
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from agents.base import Agent, one_torch_thread
+from netcomp.arch import ESNAC_BASE, ESNAC_MAX_LAYERS, Arch, arch_to_dict, esnac_descriptor
+from netcomp.distill import TrainConfig
+from netcomp.files import torch_save_atomic
+from netcomp.rewards import n2n_reward
+from netcomp.surgery import save_student
+
+#: Version of the files written by :meth:`ESNACAgent.save_policy`.
+POLICY_FORMAT = 1
+SELECT_ON = ("val", "test")
+
+
+# ---------------------------------------------------------------------------------------------- config
+@dataclass
+class ESNACConfig:
+    """Hyper-parameters of ESNAC; defaults are the reference code's ``options.py`` (``configs/esnac.yaml``)."""
+
+    kernels: int = 8
+    """co_kernel_n: kernels per step, each proposing one student (a step asks for this many evaluations)."""
+    candidates: int = 1000
+    """ac_search_n: random candidates scored by each kernel's Expected Improvement."""
+    subsample: float = 0.5
+    """co_gamma: each evaluated student is in a kernel's training set with this probability."""
+    alpha: float = 0.01
+    """ke_alpha: RBF k = exp(-|e - e'|^2 / (2 alpha)) on unit-norm embeddings (GPyTorch lengthscale sqrt(alpha))."""
+    beta: float = 0.05
+    """ke_beta: GP noise added to the Gram diagonal (and to the predictive variance)."""
+    hidden_size: int = 64
+    """ke_hidden_size: LSTM hidden units per direction."""
+    num_layers: int = 4
+    """ke_num_layers: stacked bi-LSTM layers."""
+    lr: float = 1e-3
+    """ke_lr: Adam learning rate of the embedding."""
+    weight_decay: float = 5e-4
+    """ke_weight_decay: Adam weight decay of the embedding."""
+    max_fit_steps: int = 100
+    """At most this many Adam steps per kernel fit."""
+    ma_weight: float = 0.5
+    """co_alpha: moving average ma_j = w * ll_j + (1 - w) * ma_{j-1} of the LOO log-likelihood."""
+    tolerance: float = 1e-3
+    """co_beta: a fit stops when j > min_fit_steps and |ma_j - ll_j| < tolerance."""
+    min_fit_steps: int = 5
+    """The stopping rule is only checked after this many steps (the reference: j > 5)."""
+    max_layers: int = ESNAC_MAX_LAYERS
+    """ar_max_layers: length of the edge one-hots (the reference: 128; 384 fits every zoo model)."""
+    warm_start: bool = False
+    """False (the reference): kernels are new random LSTMs every step; True: each starts from the last fit."""
+    top_k: int = 4
+    """co_best_n: students (best search reward) trained fully at the end; 0 skips the full training."""
+    select_on: str = "val"
+    """Which split picks the final student among the top_k: "val" (default) or "test" (the reference's leak)."""
+    final_epochs: float = 300
+    """tr_fu: full-training epochs (capped by the run's fidelity ``final`` section)."""
+    final_lr: float = 0.01
+    """tr_fu: SGD learning rate (momentum 0.9, weight decay 5e-4)."""
+    final_step_epochs: int = 100
+    """tr_fu: the learning rate is multiplied by 0.1 every this many epochs."""
+    final_train_max: int | None = None
+    """Use only the first N training images in the full training (None: all)."""
+
+    def __post_init__(self) -> None:
+        if self.select_on not in SELECT_ON:
+            raise ValueError(f"select_on must be one of {SELECT_ON}, got {self.select_on!r}")
+        for name in ("kernels", "candidates", "hidden_size", "num_layers", "max_layers"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if not 0.0 < float(self.subsample) <= 1.0:
+            raise ValueError(f"subsample must be in (0, 1], got {self.subsample!r}")
+        if not (float(self.alpha) > 0 and float(self.beta) > 0):
+            raise ValueError(f"alpha and beta must be > 0, got {self.alpha!r}, {self.beta!r}")
+
+
+# ---------------------------------------------------------------------------------------------- the model
+class Embedding(nn.Module):
+    """ESNAC's architecture embedding: a bi-LSTM over the node sequence, mean-pooled, L2-normalised."""
+
+    def __init__(self, max_layers: int, hidden_size: int, num_layers: int) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(ESNAC_BASE + 2 * max_layers, hidden_size, num_layers, batch_first=True,
+                            bidirectional=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, n, 16 + 2 max_layers) descriptors -> (N, 2 hidden) unit vectors."""
+        out, _ = self.lstm(x)
+        return F.normalize(out.mean(dim=1), dim=-1)
+
+
+class EmbeddingGP(gpytorch.models.ExactGP):
+    """Zero-mean exact GP with an RBF kernel on learned embeddings (ESNAC's kernel; deep-kernel GP).
+
+    GPyTorch concatenates training and test inputs along dim -2, so sequences travel flattened as
+    (N, n * width) and are reshaped here.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, embedding: Embedding, alpha: float, beta: float) -> None:
+        likelihood = gpytorch.likelihoods.GaussianLikelihood(noise_constraint=gpytorch.constraints.GreaterThan(1e-8))
+        likelihood.noise = beta
+        likelihood.raw_noise.requires_grad_(False)
+        self.width = x.shape[-1]
+        super().__init__(x.flatten(1), y, likelihood)
+        self.embedding = embedding
+        self.mean_module = gpytorch.means.ZeroMean()
+        self.covar_module = gpytorch.kernels.RBFKernel()
+        self.covar_module.lengthscale = math.sqrt(alpha)
+        self.covar_module.raw_lengthscale.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> gpytorch.distributions.MultivariateNormal:
+        z = self.embedding(x.reshape(x.shape[0], -1, self.width))
+        return gpytorch.distributions.MultivariateNormal(self.mean_module(z), self.covar_module(z))
+
+    def loo_loglik(self) -> torch.Tensor:
+        """ESNAC's objective: mean over i of log N(y_i | mu_-i, sigma_-i^2), the GP refitted without point i."""
+        mll = gpytorch.mlls.LeaveOneOutPseudoLikelihood(self.likelihood, self)
+        x, y = self.train_inputs[0], self.train_targets
+        return mll(self(x), y)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predictive mean and standard deviation of y (the noise beta included, as ESNAC's sigma)."""
+        self.eval()
+        means, stds = [], []
+        with gpytorch.settings.fast_pred_var(False):
+            for part in x.split(chunk):
+                pred = self.likelihood(self(part.flatten(1)))
+                means.append(pred.mean)
+                stds.append(pred.variance.clamp_min(1e-12).sqrt())
+        return torch.cat(means), torch.cat(stds)
+
+
+def expected_improvement(mean: torch.Tensor, std: torch.Tensor, best: float) -> torch.Tensor:
+    """EI = (mu - y+) Phi(z) + sigma phi(z), z = (mu - y+) / sigma (maximisation; ESNAC's acquisition).
+
+    BoTorch's analytic EI would use the noise-free posterior of f; ESNAC's sigma includes the noise, so the
+    formula is applied to GPyTorch's predictive distribution directly.
+    """
+    normal = torch.distributions.Normal(0.0, 1.0)
+    z = (mean - best) / std
+    return (mean - best) * normal.cdf(z) + std * torch.exp(normal.log_prob(z))
+
+
+def fit_embedding(gp: EmbeddingGP, config: ESNACConfig) -> dict[str, Any]:
+    """Learn the embedding by ESNAC's LOO objective and stopping rule; returns {steps, loglik}.
+
+    At most ``max_fit_steps`` Adam steps; with fewer than 2 points nothing is fitted. ll_j is the LOO
+    log-likelihood before step j, ma_j = w ll_j + (1 - w) ma_{j-1} (ma_{-1} = 0); the fit stops when
+    j > min_fit_steps and |ma_j - ll_j| < tolerance.
+    """
+    if len(gp.train_targets) < 2:
+        return {"steps": 0, "loglik": None}
+    gp.train()
+    optimizer = torch.optim.Adam(gp.embedding.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    ma, ll, steps = 0.0, None, 0
+    for j in range(config.max_fit_steps):
+        optimizer.zero_grad()
+        loglik = gp.loo_loglik()
+        ll = float(loglik.detach())
+        ma = config.ma_weight * ll + (1.0 - config.ma_weight) * ma
+        if j > config.min_fit_steps and abs(ma - ll) < config.tolerance:
+            break
+        (-loglik).backward()
+        optimizer.step()
+        steps += 1
+    return {"steps": steps, "loglik": ll}
+
+
+# ---------------------------------------------------------------------------------------------- the agent
+class ESNACAgent(Agent):
+    """ESNAC's multiple-kernel Bayesian optimisation; see the module docstring."""
+
+    name = "esnac"
+    kind = "blackbox"
+    spaces = ("edit", "removal", "shrinkage")
+    modes = ("oneshot",)
+    Config = ESNACConfig
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.steps_done = 0
+        self.loaded_embedding: dict[str, torch.Tensor] | None = None
+        self.last_embedding: dict[str, torch.Tensor] | None = None
+        self.final_embedding: dict[str, torch.Tensor] | None = None
+        self.fits: list[dict[str, Any]] = []
+        self._descriptors: dict[int, np.ndarray] = {}  # record index -> descriptor (students do not change)
+        base = self.env.unwrapped
+        self.teacher_descriptor = esnac_descriptor(base.arch, None, self.config.max_layers)
+
+    # ------------------------------------------------------------------ search
+    def run(self) -> None:
+        while not self.budget.exhausted:
+            self.search_step()
+            self.checkpoint()
+        if self.final_embedding is None:
+            self.final_embedding = self.fit_final_embedding()
+            self.checkpoint()
+        if self.config.top_k > 0 and "final" not in self.notes:
+            self.full_training()
+
+    def checkpoint(self) -> None:
+        """Called after every step; the runner replaces it to save state."""
+
+    def search_step(self) -> list[tuple[float, dict]]:
+        """One BO step: K kernels, one proposal each, evaluated together."""
+        k = self.config.kernels if self.budget.evaluations is None else min(self.config.kernels, self.budget.left)
+        proposals = [self.propose() for _ in range(k)]
+        results = self.evaluate_many(proposals)
+        self.steps_done += 1
+        return results
+
+    def history(self) -> tuple[list[np.ndarray], list[float]]:
+        """Descriptors and rewards of this space's evaluated students (the run's records), teacher first."""
+        xs, ys = [self.teacher_descriptor], [0.0]
+        space = self.env.unwrapped.space
+        for record in self.env.records:
+            if record.get("space") == space and record.get("action") is not None:
+                if record["index"] not in self._descriptors:
+                    self._descriptors[record["index"]] = self.descriptor(self.student_of(record))
+                xs.append(self._descriptors[record["index"]])
+                ys.append(float(record["reward"]))
+        return xs, ys
+
+    def descriptor(self, student: Arch) -> np.ndarray:
+        return esnac_descriptor(self.env.unwrapped.arch, student, self.config.max_layers)
+
+    def make_gp(self, xs: Sequence[np.ndarray], ys: Sequence[float]) -> EmbeddingGP:
+        """A fresh kernel on (xs, ys): a new random LSTM (seeded from the agent's RNG), the last or the loaded one."""
+        cfg = self.config
+        seed = int(self.rng.integers(2**31 - 1))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            embedding = Embedding(cfg.max_layers, cfg.hidden_size, cfg.num_layers)
+        start = self.loaded_embedding or (self.last_embedding if cfg.warm_start else None)
+        if start is not None:
+            embedding.load_state_dict(start)
+        x = torch.as_tensor(np.stack(xs))
+        y = torch.as_tensor(np.asarray(ys, np.float32))
+        return EmbeddingGP(x, y, embedding, cfg.alpha, cfg.beta)
+
+    def propose(self) -> Any:
+        """One kernel: subsample, fit (unless an embedding was loaded), return the argmax-EI candidate."""
+        cfg = self.config
+        xs, ys = self.history()
+        keep = [0] + [i for i in range(1, len(xs)) if self.rng.random() < cfg.subsample]
+        gp = self.make_gp([xs[i] for i in keep], [ys[i] for i in keep])
+        with one_torch_thread():
+            fit = {"steps": 0, "loglik": None} if self.loaded_embedding is not None else fit_embedding(gp, cfg)
+        self.fits.append({"step": self.steps_done, "points": len(keep), **fit})
+        self.last_embedding = {k: v.detach().clone() for k, v in gp.embedding.state_dict().items()}
+        actions = [self.env.unwrapped.sample_action(self.rng) for _ in range(cfg.candidates)]
+        x = torch.as_tensor(np.stack([self.descriptor(self.env.unwrapped.student_for(a)) for a in actions]))
+        with one_torch_thread():
+            mean, std = gp.predict(x)
+        ei = expected_improvement(mean, std, max(ys[i] for i in keep))
+        return actions[int(torch.argmax(ei))]
+
+    def fit_final_embedding(self) -> dict[str, torch.Tensor]:
+        """The embedding to transfer: one kernel fitted on every evaluation (or the loaded one, unchanged)."""
+        if self.loaded_embedding is not None:
+            return self.loaded_embedding
+        xs, ys = self.history()
+        gp = self.make_gp(xs, ys)
+        with one_torch_thread():
+            self.notes["final_embedding_fit"] = {"points": len(ys), **fit_embedding(gp, self.config)}
+        return {k: v.detach().clone() for k, v in gp.embedding.state_dict().items()}
+
+    # ------------------------------------------------------------------ selection and full training
+    def full_training_config(self) -> TrainConfig:
+        """ESNAC's full training (tr_fu): CE, SGD 0.01 momentum 0.9 wd 5e-4, step x0.1 every 100 epochs."""
+        cfg = self.config
+        return TrainConfig(epochs=cfg.final_epochs, loss="ce", optimizer="sgd", lr=cfg.final_lr, momentum=0.9,
+                           weight_decay=5e-4, schedule="step", step_epochs=cfg.final_step_epochs, gamma=0.1,
+                           train_max=cfg.final_train_max, eval_every_epoch=False)
+
+    def full_training(self) -> dict[str, Any]:
+        """Train the top_k students fully, keep the best by ``select_on`` f, save it; sets ``notes['final']``.
+
+        The search keeps no trained weights, so each starts from its inherited weights (the reference continues
+        from the search-trained ones). f after full training = C(2 - C) acc / teacher acc on the same split.
+        """
+        top: dict[str, dict] = {}
+        for r in sorted(self.env.records, key=lambda r: -r["reward"]):
+            if r["valid"] and len(top) < self.config.top_k:
+                top.setdefault(r["arch_key"], r)
+        top = list(top.values())
+        if not top:
+            self.notes["final"] = {"skipped": "no valid student was found"}
+            return self.notes["final"]
+        ev = self.env.unwrapped.evaluator
+        config = ev.fidelity.final_config(self.full_training_config())
+        trained = []
+        for record in top:
+            arch = self.student_of(record)
+            model, report = ev.train_final(arch, config, seed=self.seed)
+            c = report["compression"]
+            f = {s: n2n_reward(c, report[f"{s}_accuracy"], report["teacher_test_accuracy"] if s == "test"
+                               else ev.teacher_accuracy) for s in SELECT_ON}
+            trained.append((f[self.config.select_on], record, arch, model, {**report, "f_val": f["val"],
+                                                                            "f_test": f["test"]}))
+        _, record, arch, model, report = max(trained, key=lambda t: t[0])
+        final = {**report, "index": record["index"], "search_reward": record["reward"], "select_on":
+                 self.config.select_on, "candidates": [{"index": t[1]["index"], **{k: t[4][k] for k in (
+                     "val_accuracy", "test_accuracy", "f_val", "f_test", "params")}} for t in trained]}
+        if self.run_dir is not None:
+            path = Path(self.run_dir) / "best_student.pt"
+            save_student(path, arch, model, {**final, "agent": self.name})
+            final["path"] = str(path)
+        final["arch"] = arch_to_dict(arch)
+        self.notes["final"] = final
+        return final
+
+    # ------------------------------------------------------------------ state and transfer
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "steps_done": self.steps_done, "last_embedding": self.last_embedding,
+                "final_embedding": self.final_embedding}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        self.steps_done = int(state["steps_done"])
+        self.last_embedding = state.get("last_embedding")
+        self.final_embedding = state.get("final_embedding")
+
+    def save_policy(self, path: str | Path) -> None:
+        """The transferable embedding (weights only) and the settings it needs."""
+        embedding = self.final_embedding or self.fit_final_embedding()
+        cfg = self.config
+        torch_save_atomic({"format": POLICY_FORMAT, "embedding": embedding, "meta": {
+            "max_layers": cfg.max_layers, "hidden_size": cfg.hidden_size, "num_layers": cfg.num_layers,
+            "teacher": str(self.env.unwrapped.arch.family), "config": asdict(cfg)}}, Path(path))
+
+    def load_policy(self, path: str | Path, trust_pickle: bool = False) -> None:
+        """Reuse a saved embedding for every kernel, with no fitting (ESNAC's transfer, B13).
+
+        ``trust_pickle`` is accepted for the common interface; the file is always read with weights_only=True.
+        """
+        blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+        if not isinstance(blob, dict) or blob.get("format") != POLICY_FORMAT or "embedding" not in blob:
+            raise ValueError(f"{path} is not an ESNAC embedding (policy.pt of an esnac run)")
+        meta, cfg = blob["meta"], self.config
+        for key in ("max_layers", "hidden_size", "num_layers"):
+            if int(meta[key]) != int(getattr(cfg, key)):
+                raise ValueError(f"{path} was trained with {key}={meta[key]}, this run has {getattr(cfg, key)}; "
+                                 f"set {key}: {meta[key]} in the agent config")
+        self.loaded_embedding = blob["embedding"]
+        self.notes["transferred_from"] = {"path": str(path), "teacher": meta.get("teacher")}
