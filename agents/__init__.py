@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import sys
+from pathlib import Path
 
 from agents.base import Agent
 
@@ -17,11 +20,40 @@ AGENTS: dict[str, str] = {
 
 
 def get_agent(name: str) -> type[Agent]:
-    """The agent class registered under ``name``; ValueError lists the registered agents."""
-    if name not in AGENTS:
-        raise ValueError(f"unknown agent {name!r}; expected one of {', '.join(AGENTS)}")
-    module, _, cls = AGENTS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)
+    """The agent class registered under ``name``, or a user's: ``path/to/file.py:Class`` or ``package.module:Class``.
+
+    ValueError lists the registered agents, or says what is wrong with a user's reference (no such file or
+    module, no such class, not an :class:`Agent` subclass).
+    """
+    if name in AGENTS:
+        module, _, cls = AGENTS[name].partition(":")
+        return getattr(importlib.import_module(module), cls)
+    if ":" not in name:
+        raise ValueError(f"unknown agent {name!r}; expected one of {', '.join(AGENTS)}, or FILE.py:Class / "
+                         f"package.module:Class for your own")
+    return _user_agent(name)
+
+
+def _user_agent(ref: str) -> type[Agent]:
+    """A user's Agent subclass from ``file.py:Class`` or ``package.module:Class``."""
+    where, _, cls_name = ref.rpartition(":")
+    if where.endswith(".py"):
+        path = Path(where).expanduser().resolve()
+        if not path.is_file():
+            raise ValueError(f"agent file {where!r} does not exist")
+        spec = importlib.util.spec_from_file_location(f"user_agent_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses and pickling look the module up by name
+        spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ModuleNotFoundError as exc:
+            raise ValueError(f"cannot import {where!r} for agent {ref!r}: {exc}") from None
+    cls = getattr(module, cls_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Agent)):
+        raise ValueError(f"{ref!r}: {cls_name!r} is not an agents.base.Agent subclass in {where}")
+    return cls
 
 
 __all__ = ["AGENTS", "Agent", "get_agent"]

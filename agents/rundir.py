@@ -330,7 +330,8 @@ def start(args: argparse.Namespace) -> int:
     else:
         config = resolve_config(args)
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(args.out or f"runs/{config['env']}-{config['agent']}-{stamp}")
+        label = config["agent"].rpartition(":")[2]  # a user's FILE.py:Class names the run by its class
+        run_dir = Path(args.out or f"runs/{config['env']}-{label}-{stamp}")
         if (run_dir / "config.yaml").exists() or (run_dir / "evaluations.jsonl").exists():
             raise ConfigError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
         created = not run_dir.exists()

@@ -219,6 +219,7 @@ class ESNACAgent(Agent):
     # ------------------------------------------------------------------ search
     def run(self) -> None:
         while not self.budget.exhausted:
+            self.final_embedding = None  # new evaluations (an extended run too): refit the transferable one
             self.search_step()
             self.checkpoint()
         if self.final_embedding is None:

@@ -1,0 +1,47 @@
+"""A user's own agent: the README's example runs exactly as printed, by file path; bad references are errors."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from agents import get_agent
+from agents.base import read_records
+from agents.random_search import RandomAgent
+from tests.conftest import cli
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_agent() -> str:
+    """The python block of the README's "Benchmark your agent" section."""
+    section = README.read_text().split("## Benchmark your agent", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_the_readme_example_agent_runs_from_its_file_and_resumes_finished(tiny_config, tmp_path):
+    path = tmp_path / "my_agent.py"
+    path.write_text(readme_agent())
+    out = tmp_path / "run"
+    ref = f"{path}:EvolutionAgent"
+    assert cli("--env", "removal-resnet20-synthetic", "--agent", ref, "--budget", 6, "--config", tiny_config,
+               "--out", out) == 0
+    records = read_records(out / "evaluations.jsonl")
+    assert [r["index"] for r in records] == list(range(6))
+    # children of the teacher (all ones) differ from it in the flipped bits only
+    assert all(sum(1 - b for b in r["action"]) >= 1 for r in records[:4])
+    assert (out / "summary.json").exists()
+    assert cli("--resume", out) == 0                                # finished: nothing to do, no error
+
+
+def test_an_agent_by_module_path_and_bad_references(tmp_path):
+    assert get_agent("agents.random_search:RandomAgent") is RandomAgent
+    with pytest.raises(ValueError, match="does not exist"):
+        get_agent(str(tmp_path / "missing.py") + ":X")
+    (tmp_path / "not_agent.py").write_text("class X:\n    pass\n")
+    with pytest.raises(ValueError, match="not an agents.base.Agent"):
+        get_agent(f"{tmp_path / 'not_agent.py'}:X")
+    with pytest.raises(ValueError, match="cannot import"):
+        get_agent("no_such_package.mod:X")
+    with pytest.raises(ValueError, match="unknown agent"):
+        get_agent("nope")
