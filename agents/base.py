@@ -179,16 +179,20 @@ class Recorder(gym.Wrapper):
             self._record(float(info["reward"]), info, to_jsonable(action), bool(result.cached))
         return infos
 
-    def submit(self, student: Arch, weights: Mapping[str, Any] | None = None, train: bool = True) -> dict:
+    def submit(self, student: Arch, weights: Mapping[str, Any] | None = None, train: bool = True,
+               facts: Mapping[str, Any] | None = None) -> dict:
         """Score a white-box agent's finished student like an episode (``CompressionEnv.score_student``).
 
         Counted and recorded as one evaluation; the record holds the student's architecture (so it can be
-        rebuilt) and, when weights were given and the run has a directory, they are saved atomically to
+        rebuilt), the agent's own ``facts`` about it under ``"facts"`` (e.g. DeepHoyer's element density)
+        and, when weights were given and the run has a directory, they are saved atomically to
         ``submitted/<index>.pt`` (loadable with weights_only=True).
         """
         self._check_budget(1)
         info = self.env.unwrapped.score_student(student, weights, train=train)
         extra = {"student": arch_to_dict(student)}
+        if facts:
+            extra["facts"] = to_jsonable(dict(facts))
         if weights is not None and self.log.path is not None:
             path = self.log.path.parent / "submitted" / f"{self.budget.used}.pt"
             torch_save_atomic({k: v.detach().cpu() for k, v in weights.items()}, path)
@@ -285,12 +289,14 @@ class Agent(ABC):
         self.env.reset()
         return [(float(info["reward"]), info) for info in self.env.evaluate_many(actions)]
 
-    def submit(self, student: Arch, weights: Mapping[str, Any] | None = None, train: bool = True) -> tuple[float, dict]:
+    def submit(self, student: Arch, weights: Mapping[str, Any] | None = None, train: bool = True,
+               facts: Mapping[str, Any] | None = None) -> tuple[float, dict]:
         """White-box result: score a finished student (architecture, optional weights) like an episode.
 
-        Counted and recorded as one evaluation (see :meth:`Recorder.submit`). Returns (reward, info).
+        Counted and recorded as one evaluation, with the agent's ``facts`` about it (see
+        :meth:`Recorder.submit`). Returns (reward, info).
         """
-        info = self.env.submit(student, weights, train=train)
+        info = self.env.submit(student, weights, train=train, facts=facts)
         return float(info["reward"]), info
 
     def charge(self, seconds: float) -> None:

@@ -1,0 +1,236 @@
+"""The DeepHoyer agent: exact physical shrinking, the regularise/prune/fine-tune pipeline, records, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from agents.base import Budget, Recorder, RunLog, read_records
+from baselines.hoyer import HoyerAgent, HoyerConfig, alive_macs, dead_channels, shrink, train_phase, weight_tensors
+from envs.channel_ratio import ChannelRatioEnv
+from netcomp.arch import Arch, arch_from_dict
+from netcomp.distill import TrainConfig, evaluate
+from netcomp.metrics import GroupCostModel, count_macs, count_params
+from netcomp.sparsity import penalty
+from netcomp.surgery import build_module, load_student
+from netcomp.zoo import build_arch
+from tests.conftest import cli
+
+#: A threshold that kills some, not all, channels of the smoke teacher's groups after a smoke run.
+PARTIAL = {"threshold": 0.07, "decays": [1e-3, 1e-2]}
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def consumers(arch: Arch, gid: str) -> list[tuple[str, int]]:
+    """(layer, features per channel) of every conv/linear reading group ``gid`` (through a flatten too)."""
+    members = set(arch.group(gid).members)
+    out = []
+    for node in arch.nodes:
+        if node.name in members or not any(i in members for i in node.inputs):
+            continue
+        if node.op == "flatten":
+            c, h, w = arch.shapes[node.inputs[0]]
+            out += [(name, h * w) for name in arch.consumers[node.name]]
+        else:
+            out.append((node.name, 1))
+    return out
+
+
+@torch.no_grad()
+def kill(model, arch: Arch, gid: str, channels: list[int], filters: bool = True, inputs: bool = True) -> None:
+    """Zero the filters (every producer) and/or the input slices (every consumer) of some channels."""
+    for c in channels:
+        if filters:
+            for name in arch.group(gid).producers:
+                model.get_submodule(name).weight[c] = 0.0
+        if inputs:
+            for name, hw in consumers(arch, gid):
+                model.get_submodule(name).weight[:, c * hw:(c + 1) * hw] = 0.0
+
+
+def random_model(arch: Arch, seed: int = 0):
+    """A module with random weights and non-trivial BatchNorm statistics, in eval mode."""
+    torch.manual_seed(seed)
+    model = build_module(arch)
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+def check_exact(arch: Arch, model, expected: dict[str, list[int]], size: int, channels: int = 3) -> None:
+    """shrink() removes exactly ``expected``, computes the masked model's outputs, has the implied params."""
+    student, module, removed = shrink(model, arch, "both")
+    assert removed == {gid: len(c) for gid, c in expected.items()}
+    x = torch.randn(4, channels, size, size)
+    with torch.no_grad():
+        assert torch.allclose(module(x), model(x), atol=1e-5, rtol=1e-4)
+    cost = GroupCostModel(arch)
+    widths = {gid: arch.group(gid).width - len(c) for gid, c in expected.items()}
+    assert count_params(student) == cost.params(widths) == sum(p.numel() for p in module.parameters())
+
+
+def test_structural_student_equals_masked_resnet_and_has_the_implied_params():
+    """Dead channels of a plain group and of a residual group (all its producers and readers) are removed;
+    a channel dead in only one producer of the residual group stays."""
+    arch = build_arch("resnet20", 3, 16, 10)
+    model = random_model(arch)
+    plain = arch.group_of["layer1.0.conv1"]
+    residual = arch.group_of["conv1"]
+    assert len(arch.group(residual).producers) > 1
+    kill(model, arch, plain, [2, 5])
+    kill(model, arch, residual, [3])
+    with torch.no_grad():  # dead in one producer only: must stay
+        model.get_submodule(arch.group(residual).producers[0]).weight[7] = 0.0
+    check_exact(arch, model, {plain: [2, 5], residual: [3]}, 16)
+    student, _, _ = shrink(model, arch, "both")
+    assert alive_macs(random_model(arch), arch) == count_macs(arch)
+    assert alive_macs(model, arch) <= count_macs(student) < count_macs(arch)
+
+
+def test_structural_student_equals_masked_lenet_through_flatten():
+    """LeNet-5 on 28x28: a conv channel feeds 25 features of fc1 through the flatten."""
+    arch = build_arch("lenet5", 1, 28, 10)
+    model = random_model(arch)
+    conv2, fc1 = arch.group_of["conv2"], arch.group_of["fc1"]
+    kill(model, arch, conv2, [1, 7])
+    kill(model, arch, fc1, [3, 50, 119])
+    check_exact(arch, model, {conv2: [1, 7], fc1: [3, 50, 119]}, 28, channels=1)
+
+
+def test_dead_rules():
+    """both: filters and inputs zero; inputs: unused channels (exact); filters: the paper's dead filters."""
+    arch = build_arch("resnet20", 3, 16, 10)
+    model = random_model(arch)
+    gid = arch.group_of["layer2.0.conv1"]
+    kill(model, arch, gid, [0], inputs=False)
+    kill(model, arch, gid, [1], filters=False)
+    kill(model, arch, gid, [2])
+    assert dead_channels(model, arch, gid, "both") == [2]
+    assert dead_channels(model, arch, gid, "inputs") == [1, 2]
+    assert dead_channels(model, arch, gid, "filters") == [0, 2]
+    student, module, _ = shrink(model, arch, "inputs")  # unused channels: still exact
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(module(x), model(x), atol=1e-5, rtol=1e-4)
+
+
+def make_agent(tiny, evaluations=5, run_dir=None, **overrides):
+    log = RunLog(Budget(evaluations), path=None if run_dir is None else run_dir / "evaluations.jsonl")
+    env = Recorder(ChannelRatioEnv(arch="resnet20", **tiny), log)
+    return HoyerAgent(env, HoyerConfig(**overrides), seed=0, run_dir=run_dir), env
+
+
+def test_regularised_training_lowers_the_group_penalty(tiny):
+    """The regulariser is in the loss: a strong Group-HS decay lowers sum_l GHS(W_l) far more than none."""
+    agent, env = make_agent(tiny)
+    ev, arch = env.unwrapped.evaluator, env.unwrapped.arch
+    config = TrainConfig(epochs=1, max_steps=8, batch_size=32, loss="ce", optimizer="adam", lr=1e-2,
+                         weight_decay=0.0, train_max=64)
+    after = {}
+    for decay in (0.0, 0.05):
+        model = build_module(arch)
+        model.load_state_dict(ev.teacher.model.state_dict())
+        tensors = weight_tensors(model, arch)
+        before = penalty(tensors.values(), "ghs").item()
+        train_phase(model, ev.dataset, config, [], 0.1, ev.device, seed=0,
+                    reg=lambda d=decay, t=tensors: d * penalty(t.values(), "ghs"))
+        after[decay] = penalty(tensors.values(), "ghs").item()
+    assert after[0.05] < after[0.0] and after[0.05] < before
+
+
+def test_structural_points_submit_real_students_with_their_weights(tiny, tmp_path):
+    agent, env = make_agent(tiny, run_dir=tmp_path, **PARTIAL)
+    agent.run()
+    records, points = env.records, agent.notes["points"]
+    assert len(records) == len(points) == 2 and agent.budget.charged_seconds > 0
+    for record, point in zip(records, points):
+        student = arch_from_dict(record["student"])
+        assert record["valid"] and point["physical"] and point["removed_channels"]
+        assert record["params"] == count_params(student) == point["student_params"] < record["teacher_params"]
+        weights = torch.load(tmp_path / record["weights"], weights_only=True)
+        module = build_module(student)
+        module.load_state_dict(weights)  # the fine-tuned weights, scored as submitted (env_train=False)
+        ev = env.unwrapped.evaluator
+        acc = evaluate(module, ev.scored, ev.dataset, max_items=ev.fidelity.train.eval_max)[0]
+        assert acc == pytest.approx(record["accuracy"])
+        assert 0 < point["density"] < 1 and point["nonzeros"] < point["pruned_total"]
+    model, arch, meta = load_student(tmp_path / "best_student.pt")
+    best = max(records, key=lambda r: r["reward"])
+    assert meta["index"] == best["index"] and agent.notes["final"]["index"] == best["index"]
+
+
+def test_element_wise_point_says_no_smaller_network_was_made(tiny):
+    agent, env = make_agent(tiny, regularizer="hs", decays=[1e-3], threshold=1e-3)
+    agent.run()
+    (record,), (point,) = env.records, agent.notes["points"]
+    assert not point["physical"] and "no physically smaller network" in point["note"]
+    assert point["structural"] is False and point["nonzeros"] <= point["pruned_total"] == point["dense_params"]
+    assert not record["valid"] and "not fewer" in record["invalid_reason"]
+    facts = record["facts"]  # the record itself says what was made: density and nonzeros, nothing physical
+    assert facts["physical"] is False and facts["density"] == pytest.approx(point["density"])
+    assert facts["nonzeros"] == point["nonzeros"] and facts["dense_params"] == point["dense_params"]
+
+
+def test_one_evaluation_per_decay_within_the_budget(tiny):
+    agent, env = make_agent(tiny, evaluations=1, decays=[1e-4, 1e-3, 1e-2], threshold=0.07)
+    agent.run()
+    assert len(env.records) == 1 and agent.next == 1 and agent.budget.exhausted
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="regularizer='ghz'"):
+        HoyerConfig(regularizer="ghz")
+    with pytest.raises(ValueError, match="dead_rule"):
+        HoyerConfig(dead_rule="any")
+    with pytest.raises(ValueError, match="decays"):
+        HoyerConfig(decays=[])
+    assert HoyerConfig(decays=1e-3).decays == [1e-3]
+    assert HoyerConfig(ft_epochs=0).phase("ft") is None
+    assert HoyerConfig(regularizer="hs").tensors == "all" and HoyerConfig(regularizer="gl").tensors == "weights"
+
+
+def test_cli_smoke_and_resume_after_a_kill(tiny_config, tmp_path, monkeypatch):
+    """run_agent.py --agent hoyer; a run killed after a submission (before its checkpoint) resumes to the
+    record an uninterrupted run writes (the runner's replay check compares the students)."""
+    config = tmp_path / "hoyer.yaml"
+    base = yaml.safe_load(Path(tiny_config).read_text())
+    base["agent_config"] = dict(PARTIAL)
+    config.write_text(yaml.safe_dump(base))
+    args = ("--env", "channel-ratio-resnet20-synthetic", "--agent", "hoyer", "--config", config)
+    assert cli(*args, "--out", tmp_path / "whole") == 0
+    whole = read_records(tmp_path / "whole" / "evaluations.jsonl")
+    summary = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    assert len(whole) == 2 and summary["charged_seconds"] > 0 and len(summary["notes"]["points"]) == 2
+
+    original = HoyerAgent.run_point
+
+    def killed(self, i):
+        point = original(self, i)
+        if i == 1:
+            raise KeyboardInterrupt  # after the second submission, before its checkpoint
+        return point
+
+    monkeypatch.setattr(HoyerAgent, "run_point", killed)
+    with pytest.raises(KeyboardInterrupt):
+        cli(*args, "--out", tmp_path / "killed")
+    assert len(read_records(tmp_path / "killed" / "evaluations.jsonl")) == 2
+    monkeypatch.setattr(HoyerAgent, "run_point", original)
+    assert cli("--resume", tmp_path / "killed") == 0
+    resumed = read_records(tmp_path / "killed" / "evaluations.jsonl")
+    keys = ("arch_key", "params", "accuracy", "reward", "valid")
+    assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in whole]
