@@ -14,6 +14,7 @@ AGENTS: dict[str, str] = {
     "n2n": "baselines.n2n:N2NAgent",
     "esnac": "baselines.esnac:ESNACAgent",
     "hoyer": "baselines.hoyer:HoyerAgent",
+    "tas": "baselines.tas:TASAgent",
     "random": "agents.random_search:RandomAgent",
     "ppo": "agents.sb3:PPOAgent",
     "a2c": "agents.sb3:A2CAgent",

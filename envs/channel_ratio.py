@@ -12,15 +12,17 @@ from gymnasium import spaces
 from torch import nn
 
 from envs.base import CompressionEnv, check_box_action
-from netcomp.arch import AMC_FEATURES, Arch, amc_features, prunable_layers
-from netcomp.metrics import GroupCostModel
-from netcomp.surgery import keep_channels, set_widths
+from netcomp.arch import AMC_FEATURES, Arch, amc_features, node_macs, prunable_layers
+from netcomp.metrics import GroupCostModel, count_macs
+from netcomp.surgery import blocks_of, keep_channels, set_conv_widths, set_stage_depths, set_widths, width_convs
 
 #: Columns of the per-group observation row: AMC's layer features of the group's first producer (position
 #: counted over groups), then log2(1 + number of producers) / 6 and the share of the teacher's MACs that
 #: depend on the group's width. All are scaled by fixed constants, so a policy transfers across teachers.
 GROUP_FEATURES = (*AMC_FEATURES, "log_producers", "macs_share")
 SELECTIONS = ("norm", "first")
+#: What one width entry of the action sets: a coupling group (AMC) or a single conv (TAS).
+GRANULARITIES = ("group", "conv")
 BUDGET_METRICS = ("macs", "params")
 
 
@@ -90,19 +92,31 @@ class ChannelRatioEnv(CompressionEnv):
     distillation and scored. With a ``budget``, AMC's action wall clips each ratio, in group order, to the
     largest value that still lets the budget be met if every later group is pruned to ``lbound``.
 
+    With ``granularity="conv"`` (TAS's space) an entry sets the width of one conv instead of one group:
+    every main-path conv (:func:`netcomp.surgery.width_convs`, the stem included) keeps its first channels
+    on its own, projection shortcuts follow their block's last conv, and a block whose identity shortcut
+    now joins two widths gets a fresh 1x1 conv + BN projection (:func:`netcomp.surgery.set_conv_widths`).
+    With ``depth=True`` one more entry per stage (after the width entries) says how many of the stage's
+    first blocks are kept.
+
     ## Action Space
     - oneshot: ``Box(-1, 1, (G,), float32)``, one entry per group (G groups, in node order).
     - sequential: ``Box(-1, 1, (1,), float32)`` for the current group, G steps.
     An entry a maps to the keep ratio r = lbound + (a + 1) / 2 * (1 - lbound), so a = -1 keeps ``lbound``
     and a = 1 keeps everything; a group of width w keeps max(1, round(r * w)) channels (rounded half up,
     then up to a multiple of the groups of any grouped conv reading it). Actions outside the box, NaN,
-    wrong shapes or non-numeric values raise ValueError.
+    wrong shapes or non-numeric values raise ValueError. ``granularity="conv"``: G is the number of
+    width-setting convs (plus one per stage with ``depth=True``); a stage entry a of a stage with n blocks
+    keeps d = min(n, 1 + floor((a + 1) / 2 * n)) blocks (a = -1 keeps one block, a = 1 all of them).
 
     ## Observation Space
     - oneshot: ``Box(-10, 10, (G, 12), float32)``: per group the columns of ``GROUP_FEATURES``: AMC's
       features of its first producer (is_conv, is_linear, depthwise follower, log2 in/out channels, log2
       map size, stride, kernel over fixed constants, log10 of the MACs its width controls, position over
       groups), log2(1 + producers) / 6 and the share of the teacher's MACs its width controls.
+      ``granularity="conv"``: a conv's row holds its own AMC features and its group's last two columns
+      (as the ranking-affine space's conv genome); a stage row holds position, log10 of the stage's MACs,
+      log2(1 + blocks) / 6 and the stage's share of the teacher's MACs (other columns 0).
     - sequential: ``Box(-10, 10, (15,), float32)``: the current group's 12 features plus (position in
       [0, 1], fraction of the teacher's MACs removed by the groups decided so far, previous keep ratio).
 
@@ -121,17 +135,20 @@ class ChannelRatioEnv(CompressionEnv):
     After one step (oneshot) or G steps (sequential); always ``terminated``, never truncated. The final
     ``info`` holds the base contract plus ``raw_ratios`` (the action's ratios), ``ratios`` (after the
     budget wall), ``widths`` (group id -> kept channels), ``budget`` (or None), ``budget_metric`` and
-    ``budget_met`` (True without a budget).
+    ``budget_met`` (True without a budget); with ``depth=True`` also ``depths`` (stage -> blocks kept).
 
     ## Arguments
     ``gymnasium.make("netcomp/channel-ratio-resnet20-cifar10-v0", fidelity="smoke", mode="oneshot",
     lbound=0.2, selection="norm", budget=None, budget_metric="macs", reward=None, inherit=None, ...)``.
     ``budget`` is the fraction of the teacher's MACs (or params, ``budget_metric="params"``) the student
     may keep, in (0, 1]. ``inherit`` defaults to "indices" ("first_k" with ``selection="first"``). Other
-    arguments: see :class:`envs.base.CompressionEnv`.
+    arguments: see :class:`envs.base.CompressionEnv`. ``granularity="group"`` (default) or ``"conv"``;
+    ``depth=False`` (default) or True. ``"conv"`` keeps the first channels (``selection`` defaults to and
+    must be "first"), and the ``budget`` wall is only available with ``granularity="group"`` and no depth
+    entries (ValueError otherwise).
 
     ## Version History
-    - v0: initial version.
+    - v0: initial version; ``granularity`` and ``depth`` options added (issue 12, TAS's space).
     """
 
     space = "channel-ratio"
@@ -139,9 +156,23 @@ class ChannelRatioEnv(CompressionEnv):
     default_inherit = "indices"
 
     def __init__(self, arch: str = "resnet20", dataset: str = "synthetic", *, lbound: float = 0.2,
-                 selection: str = "norm", budget: float | None = None, budget_metric: str = "macs",
-                 reward: str | None = None, inherit: str | None = None, **kwargs: Any) -> None:
+                 selection: str | None = None, budget: float | None = None, budget_metric: str = "macs",
+                 reward: str | None = None, inherit: str | None = None, granularity: str = "group",
+                 depth: bool = False, **kwargs: Any) -> None:
         self.lbound = check_fraction("lbound", lbound)
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"unknown granularity {granularity!r}; expected one of {', '.join(GRANULARITIES)}")
+        if not isinstance(depth, bool):
+            raise ValueError(f"depth must be true or false, got {depth!r}")
+        self.granularity, self.depth = granularity, depth
+        if selection is None:
+            selection = "first" if granularity == "conv" else "norm"
+        if granularity == "conv" and selection != "first":
+            raise ValueError(f"granularity='conv' keeps the first channels of each conv; selection {selection!r} "
+                             f"is only available with granularity='group'")
+        if budget is not None and (granularity != "group" or depth):
+            raise ValueError("a budget (AMC's action wall) is only available with granularity='group' and "
+                             "depth=False")
         if selection not in SELECTIONS:
             raise ValueError(f"unknown selection {selection!r}; expected one of {', '.join(SELECTIONS)}")
         if budget_metric not in BUDGET_METRICS:
@@ -154,18 +185,39 @@ class ChannelRatioEnv(CompressionEnv):
             inherit = "first_k" if selection == "first" else "indices"
         self._raw: list[float] = []
         super().__init__(arch, dataset, reward=reward, inherit=inherit, **kwargs)
-        self._scores = {gid: filter_norms(self.teacher.model, self.arch, gid) for gid in self.layers}
+        self._scores = {gid: filter_norms(self.teacher.model, self.arch, gid) for gid in self.cost.gids}
         self._teacher_cost = self.cost.cost({}, self.budget_metric)
 
     # ------------------------------------------------------------------ hooks
     def _layers(self) -> tuple[str, ...]:
         self.cost = GroupCostModel(self.arch)
-        self._full = self.cost.full.tolist()
-        self._min_widths = [self._width(self.lbound, i) for i in range(len(self.cost.gids))]
-        return self.cost.gids
+        stages = blocks_of(self.arch)
+        #: Stage entries (with depth=True): stage name -> its number of blocks, in stage order.
+        self.stages = {s: len(b) for s, b in stages.items()} if self.depth else {}
+        if self.granularity == "group":
+            #: The entries that set widths (groups or convs), before the stage entries.
+            self.width_entries = self.cost.gids
+            self._full = self.cost.full.tolist()
+            self._granularity = list(self.cost.granularity)
+        else:
+            self.width_entries = width_convs(self.arch)
+            self._full = [self.arch.node(c).out_channels for c in self.width_entries]
+            self._granularity = [1] * len(self.width_entries)
+        self._min_widths = [self._width(self.lbound, i) for i in range(len(self.width_entries))]
+        return (*self.width_entries, *self.stages)
 
     def _features(self) -> np.ndarray:
-        return group_features(self.arch, self.cost)
+        if self.granularity == "group":
+            rows = group_features(self.arch, self.cost)
+        else:
+            from envs.ranking_affine import conv_features  # it imports this module
+
+            rows = conv_features(self.arch, self.cost, self.width_entries)
+        if not self.stages:
+            return rows
+        rows = np.concatenate([rows, stage_features(self.arch, list(self.stages))])
+        rows[:, GROUP_FEATURES.index("position")] = np.arange(len(rows)) / max(1, len(rows) - 1)
+        return rows
 
     def _oneshot_space(self) -> spaces.Space:
         return spaces.Box(-1.0, 1.0, (len(self.layers),), np.float32)
@@ -174,7 +226,21 @@ class ChannelRatioEnv(CompressionEnv):
         return spaces.Box(-1.0, 1.0, (1,), np.float32)
 
     def _check_oneshot(self, action: Any) -> list[float]:
-        return [self.ratio_of(a) for a in check_box_action(action, self.action_space)]
+        self._raw = [self.ratio_of(a) for a in check_box_action(action, self.action_space)]
+        return [self._entry_value(r, t) for t, r in enumerate(self._raw)]
+
+    def _entry_value(self, ratio: float, t: int) -> float:
+        """A width entry's keep ratio, or for a stage entry the kept fraction of its blocks (depth / n)."""
+        n_widths = len(self.width_entries)
+        if t < n_widths:
+            return ratio
+        blocks = list(self.stages.values())[t - n_widths]
+        return self.depth_of(ratio, blocks) / blocks
+
+    def depth_of(self, ratio: float, blocks: int) -> int:
+        """Blocks kept by a stage entry whose ratio is ``ratio`` (in [lbound, 1]) in a stage of ``blocks``."""
+        u = (ratio - self.lbound) / (1.0 - self.lbound) if self.lbound < 1 else 1.0
+        return int(min(blocks, 1 + math.floor(u * blocks)))
 
     def _check_step(self, action: Any) -> float:
         return self.ratio_of(check_box_action(action, self.action_space)[0])
@@ -183,6 +249,11 @@ class ChannelRatioEnv(CompressionEnv):
         if t == 0:
             self._raw = []
         self._raw.append(value)
+        if self.granularity == "conv" or self.stages:
+            value = self._entry_value(value, t)
+            full = [1.0] * len(self.layers)
+            student = self.student_of_values([*self._values[:t], value, *full[t + 1:]])
+            return value, 1.0 - count_macs(student) / self.evaluator.teacher_macs
         ratio = self._wall(value, t, self._values[:t])
         widths = [self._width(r, i) for i, r in enumerate([*self._values[:t], ratio])]
         macs = self.cost.macs(widths + self._full[t + 1:])
@@ -190,6 +261,8 @@ class ChannelRatioEnv(CompressionEnv):
 
     def _make_student(self, values: list[float]) -> tuple[Arch, dict[str, Any]]:
         raw = list(self._raw) if self.mode == "sequential" else list(values)
+        if self.granularity == "conv" or self.stages:
+            return self._make_entry_student(values)
         ratios: list[float] = []
         for t, value in enumerate(values):  # idempotent on ratios that already passed the wall step by step
             ratios.append(self._wall(value, t, ratios))
@@ -209,17 +282,45 @@ class ChannelRatioEnv(CompressionEnv):
         super().load_episode_state(state)
         self._raw = [float(r) for r in state["raw"]]
 
+    def _make_entry_student(self, values: list[float]) -> tuple[Arch, dict[str, Any]]:
+        """Student and info of the conv-granularity and/or depth space (no budget wall there)."""
+        n = len(self.width_entries)
+        widths = [self._width(r, i) for i, r in enumerate(values[:n])]
+        depths = {s: round(v * b) for (s, b), v in zip(self.stages.items(), values[n:])}
+        info = {  # raw ratios: the action's (self._raw in both modes), ratios: after the depth mapping
+            "raw_ratios": [float(r) for r in self._raw], "ratios": [float(r) for r in values],
+            "widths": dict(zip(self.width_entries, widths)), "budget": None,
+            "budget_metric": self.budget_metric, "budget_met": True,
+        }
+        if self.stages:
+            info["depths"] = depths
+        return self.student_of_values(values), info
+
+    def student_of_values(self, values: list[float]) -> Arch:
+        """The student of per-entry values (width ratios, then kept block fractions) of this env's space."""
+        n = len(self.width_entries)
+        widths = [self._width(r, i) for i, r in enumerate(values[:n])]
+        depths = {s: round(v * b) for (s, b), v in zip(self.stages.items(), values[n:])}
+        return self.student_of_widths(widths, depths)
+
     # ------------------------------------------------------------------ public helpers
     def ratio_of(self, a: float) -> float:
         """The keep ratio in [lbound, 1] of an action entry in [-1, 1]."""
         return float(self.lbound + (float(a) + 1.0) / 2.0 * (1.0 - self.lbound))
 
-    def student_of_widths(self, widths: list[int]) -> Arch:
-        """The student keeping ``widths[i]`` channels of group i, chosen by this env's ``selection``."""
-        changed = {gid: w for gid, w, full in zip(self.layers, widths, self._full) if w < full}
+    def student_of_widths(self, widths: list[int], depths: Mapping[str, int] | None = None) -> Arch:
+        """The student keeping ``widths[i]`` channels of width entry i (a group, chosen by this env's
+        ``selection``, or a conv, its first channels) and the first ``depths[stage]`` blocks of each stage."""
+        changed = {key: w for key, w, full in zip(self.width_entries, widths, self._full) if w < full}
+        cut = {s: d for s, d in (depths or {}).items() if d < self.stages.get(s, d + 1)}
+        if self.granularity == "conv":
+            student = set_stage_depths(self.arch, cut) if cut else self.arch
+            return set_conv_widths(student, {k: w for k, w in changed.items() if k in student.index})
         if self.selection == "first":
-            return set_widths(self.arch, changed)
-        return keep_channels(self.arch, {gid: self.kept_indices(gid, w) for gid, w in changed.items()})
+            student = set_widths(self.arch, changed)
+        else:
+            student = keep_channels(self.arch, {gid: self.kept_indices(gid, w) for gid, w in changed.items()})
+        return set_stage_depths(student, cut) if cut else student
 
     def kept_indices(self, gid: str, width: int) -> list[int]:
         """The ``width`` channels of group ``gid`` with the largest summed filter L2 norm, sorted.
@@ -235,7 +336,7 @@ class ChannelRatioEnv(CompressionEnv):
 
     # ------------------------------------------------------------------ budget wall
     def _width(self, ratio: float, i: int) -> int:
-        return round_width(ratio * self._full[i], self._full[i], self.cost.granularity[i])
+        return round_width(ratio * self._full[i], self._full[i], self._granularity[i])
 
     def _allowed(self) -> float:
         return float(self.budget) * self._teacher_cost
@@ -266,6 +367,20 @@ class ChannelRatioEnv(CompressionEnv):
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if fits(lowest + mid * step) else (lo, mid)
         return min(ratio, (lowest + lo * step) / self._full[t])
+
+
+def stage_features(arch: Arch, stages: list[str]) -> np.ndarray:
+    """One row per stage (columns GROUP_FEATURES): log10 of its MACs, log2(1 + blocks) / 6, its MACs share."""
+    blocks = blocks_of(arch)
+    total = max(1, count_macs(arch))
+    col = {name: i for i, name in enumerate(GROUP_FEATURES)}
+    out = np.zeros((len(stages), len(GROUP_FEATURES)), np.float32)
+    for i, stage in enumerate(stages):
+        macs = sum(node_macs(arch, n.name) for n in arch.nodes if n.stage == stage)
+        out[i, col["log_macs"]] = np.log10(1.0 + macs) / 10.0
+        out[i, col["log_producers"]] = np.log2(1.0 + len(blocks[stage])) / 6.0
+        out[i, col["macs_share"]] = macs / total
+    return out
 
 
 def check_fraction(name: str, value: Any) -> float:

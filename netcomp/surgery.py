@@ -477,3 +477,105 @@ def _select_weight(node: Node, s_arch: Arch, t_arch: Arch, t_w: torch.Tensor, ou
     local_t = (t_in - group_t[:, None] * cin_t).clamp(0, cin_t - 1)
     picked = t_w[out_t[:, None], local_t]                                     # [O, cin_s, k, k]
     return torch.where(same_group[:, :, None, None], picked, s_w)
+
+
+# ---------------------------------------------------------------------------- per-conv widths (TAS)
+def width_convs(arch: Arch) -> tuple[str, ...]:
+    """The convs whose width a per-conv search (TAS) sets: every plain conv on the main path, stem included.
+
+    Projection shortcuts follow the last main conv of their block, depthwise convs their input, and the
+    classifier keeps the class count, so none of them is listed. ValueError for grouped convs (a width per
+    conv would break their divisibility), which no per-conv space supports.
+    """
+    out = []
+    for node in arch.nodes:
+        if node.op != "conv":
+            continue
+        if node.groups > 1 and not node.depthwise:
+            raise ValueError(f"per-conv widths: {node.name!r} is a grouped conv ({node.groups} groups); "
+                             f"per-conv widths support plain and depthwise convs only")
+        if node.role == "main" and not node.depthwise:
+            out.append(node.name)
+    return tuple(out)
+
+
+def _last_main_conv(arch: Arch) -> dict[str, str]:
+    """Block -> its last main-path, non-depthwise conv (the conv whose width is the block's output width)."""
+    out: dict[str, str] = {}
+    for node in arch.nodes:
+        if node.block and node.op == "conv" and node.role == "main" and not node.depthwise:
+            out[node.block] = node.name
+    return out
+
+
+def set_conv_widths(arch: Arch, widths: Mapping[str, int]) -> Arch:
+    """TAS's plain network: every named conv keeps its first ``widths[name]`` channels, on its own.
+
+    Widths are per conv (:func:`width_convs`), not per coupling group, so a residual add may join two
+    widths. A projection shortcut takes its block's output width (the block's last main conv); a block with
+    an identity shortcut whose input width differs from its output width gets a fresh 1x1 conv + BN
+    projection (``<block>.shortcut.conv`` / ``.bn``, role "shortcut"), as TAS's infer-shape network does.
+    Missing convs keep their width. ValueError for unknown convs or widths outside [1, current].
+    """
+    valid = set(width_convs(arch))
+    for name, width in widths.items():
+        if name not in valid:
+            raise ValueError(f"set_conv_widths: {name!r} is not a width-setting conv; they are {sorted(valid)[:6]}...")
+        if not 1 <= int(width) <= arch.node(name).out_channels:
+            raise ValueError(f"set_conv_widths: width {width} for {name!r} outside [1, {arch.node(name).out_channels}]")
+    last = _last_main_conv(arch)
+    nodes: list[Node] = []
+    chans: dict[str, int] = {}
+    for node in arch.nodes:
+        if node.op == "conv" and not node.depthwise:
+            source = last.get(node.block, node.name) if node.role == "shortcut" else node.name
+            node = _with_width(node, int(widths.get(source, arch.node(source).out_channels)))
+        if node.op == "add":
+            node = _project_add(arch, node, chans, nodes)
+        nodes.append(node)
+        chans[node.name] = _channels(arch, node, chans)
+    return arch.with_nodes(nodes)
+
+
+def _with_width(node: Node, width: int) -> Node:
+    if width == node.out_channels:
+        return node
+    old = node.keep if node.keep is not None else tuple(range(node.out_channels))
+    return replace(node, out_channels=width, keep=tuple(old[:width]))
+
+
+def _channels(arch: Arch, node: Node, chans: Mapping[str, int]) -> int:
+    """Output channels of a node from its inputs' (no shape inference: the graph is being rewritten)."""
+    if node.op == "input":
+        return arch.in_channels
+    if node.op in ("conv", "linear") and not node.depthwise:
+        return node.out_channels
+    if node.op == "concat":
+        return sum(chans[i] for i in node.inputs)
+    if node.op == "add":
+        return max(chans[i] for i in node.inputs)
+    return chans[node.inputs[0]]
+
+
+def _project_add(arch: Arch, node: Node, chans: dict[str, int], nodes: list[Node]) -> Node:
+    """An add whose inputs differ in width: each input from outside the block (an identity shortcut) gets a
+    1x1 conv + BN projection to the main branch's width, appended to ``nodes`` before the add."""
+    widths = [chans[i] for i in node.inputs]
+    if len(set(widths)) == 1:
+        return node
+    inside = [i for i in node.inputs if i in arch.index and arch.node(i).block == node.block]
+    if not inside:
+        raise ValueError(f"set_conv_widths: add {node.name!r} joins widths {widths} and has no main branch")
+    target = chans[inside[0]]
+    inputs = []
+    for i in node.inputs:
+        if chans[i] != target and i not in inside:
+            prefix = f"{node.block}.shortcut" if node.block else f"{node.name}.proj"
+            conv = Node(f"{prefix}.conv", "conv", (i,), out_channels=target, kernel=1, role="shortcut",
+                        block=node.block, stage=node.stage)
+            bn = Node(f"{prefix}.bn", "bn", (conv.name,), role="shortcut", block=node.block, stage=node.stage)
+            nodes += [conv, bn]
+            chans[conv.name] = chans[bn.name] = target
+            i = bn.name
+        inputs.append(i)
+    return replace(node, inputs=tuple(inputs))
