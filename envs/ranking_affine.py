@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -219,13 +219,45 @@ class RankingAffineEnv(CompressionEnv):
     def _make_student(self, values: list[tuple[float, float]]) -> tuple[Arch, dict[str, Any]]:
         alpha, kappa = self.affine(values)
         plan = self.prune_plan(alpha, kappa)
-        changed = {gid: idx for gid, idx in plan.keep.items() if len(idx) < len(self.scores[gid])}
         info = {
             "genome": self.genome, "alpha": alpha.tolist(), "kappa": kappa.tolist(),
             "target_macs": plan.target_macs, "flops_target": self.flops_target, "widths": plan.widths,
             "pruned": len(plan.pruned), "met_target": plan.met_target,
         }
-        return keep_channels(self.arch, changed), info
+        return self.plan_student(plan), info
+
+    def plan_student(self, plan: PrunePlan) -> Arch:
+        """The student a :class:`PrunePlan` describes: the teacher keeping the plan's filters of each group."""
+        changed = {gid: idx for gid, idx in plan.keep.items() if len(idx) < len(self.scores[gid])}
+        return keep_channels(self.arch, changed)
+
+    def identity_action(self) -> np.ndarray:
+        """The one-shot action of the identity map (alpha = 1, kappa = 0): plain global L2-norm ranking."""
+        return np.zeros(2 * len(self.layers), np.float64)
+
+    def uniform_plan(self, flops_target: float | None = None, tol: float = 1e-6) -> tuple[PrunePlan, float]:
+        """LeGR's uniform baseline: the same keep ratio r in every group, filters chosen by L2 norm.
+
+        As the reference does, the greedy runs with the identity ranking, safeguard r (every group keeps
+        max(n - floor(n (1 - r)), 2) of its n filters) and a target it cannot meet, so every quota is used
+        up. r is the largest ratio whose student meets ``flops_target`` (default: the env's), found by
+        bisection on the exact MACs (the reference solves a quadratic approximation of them). (plan, r).
+        """
+        target = self.flops_target if flops_target is None else check_fraction("flops_target", flops_target)
+        ones, zeros = np.ones(len(self.layers)), np.zeros(len(self.layers))
+        limit = target * self.evaluator.teacher_macs
+
+        def plan_at(r: float) -> PrunePlan:
+            return self.prune_plan(ones, zeros, flops_target=1e-9, safeguard=r)
+
+        lo, hi = 1e-9, 1.0 - 1e-9  # plan_at(lo) prunes the most the quotas allow (2 filters a group)
+        if plan_at(hi).macs <= limit:
+            lo = hi
+        while hi - lo > tol:
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if plan_at(mid).macs <= limit else (lo, mid)
+        plan = plan_at(lo)
+        return replace(plan, target_macs=float(limit), met_target=plan.macs <= limit), lo
 
     # ------------------------------------------------------------------ LeGR
     def affine(self, values: list[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
@@ -254,9 +286,17 @@ class RankingAffineEnv(CompressionEnv):
             out[gid] = total
         return out
 
-    def prune_plan(self, alpha: np.ndarray, kappa: np.ndarray) -> PrunePlan:
-        """LeGR's greedy: prune the globally lowest transformed scores until the MACs meet the target."""
+    def prune_plan(self, alpha: np.ndarray, kappa: np.ndarray, flops_target: float | None = None,
+                   safeguard: float | None = None) -> PrunePlan:
+        """LeGR's greedy: prune the globally lowest transformed scores until the MACs meet the target.
+
+        ``flops_target`` (default: the env's) is the fraction of the teacher's MACs to keep and ``safeguard``
+        (default: the env's) the minimum-channel rule; the same (alpha, kappa) gives a plan for any target
+        (LeGR's deployment at several FLOPs levels from one learned ranking), without rebuilding the env.
+        """
         cost, gids = self.cost, self.gids
+        fraction = self.flops_target if flops_target is None else float(flops_target)
+        guard = self.safeguard if safeguard is None else float(safeguard)
         group_scores = self.group_scores(alpha, kappa)
         units: list[list[np.ndarray]] = []  # per group: channel sets removed together, in pruning order
         entries = []  # (score, group, unit)
@@ -266,10 +306,10 @@ class RankingAffineEnv(CompressionEnv):
             step = cost.granularity[i]
             order = np.lexsort((np.arange(len(scores)), scores))  # ascending, ties to the lower index
             units.append([order[k:k + step] for k in range(0, len(order), step)])
-            quota[i] = legr_quota(len(units[i]), self.safeguard)
+            quota[i] = legr_quota(len(units[i]), guard)
             entries += [(float(scores[u].mean()), i, k) for k, u in enumerate(units[i])]
         entries.sort()  # ascending score; ties by group then position, deterministically
-        target = self.flops_target * self.evaluator.teacher_macs
+        target = fraction * self.evaluator.teacher_macs
         running = cost.tracker()  # teacher widths; MACs updated layer by layer as groups shrink
         pruned: list[tuple[str, int]] = []
         removed: list[set[int]] = [set() for _ in gids]

@@ -42,7 +42,9 @@ LOSSES = ("mse", "kd", "ce", "ce+mse")
 #: Losses that compare with the teacher's logits and therefore need a teacher.
 TEACHER_LOSSES = ("mse", "kd", "ce+mse")
 OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("none", "cosine", "step", "onecycle")
+SCHEDULES = ("none", "cosine", "step", "onecycle", "multistep")
+#: "multistep" schedule (LeGR's fine-tune): the lr is multiplied by ``gamma`` at these fractions of the run.
+MULTISTEP_MILESTONES = (0.3, 0.6, 0.8)
 AMP_MODES = ("auto", "bf16", "none")
 CHANNELS_LAST_MODES = ("auto", "on", "off")
 SPLITS = ("val", "test")
@@ -150,7 +152,7 @@ class TrainConfig:
         self.epochs = _as_float("epochs", self.epochs)
         if not (math.isfinite(self.epochs) and self.epochs > 0):
             raise _field_error("epochs", self.epochs, "a finite number > 0")
-        self.max_steps = _as_int("max_steps", self.max_steps, 1, optional=True)
+        self.max_steps = _as_int("max_steps", self.max_steps, 0, optional=True)  # 0: evaluate only (LeGR tau-hat 0)
         self.batch_size = _as_int("batch_size", self.batch_size, 1)
         self.loss = _as_choice("loss", self.loss, LOSSES)
         self.kd_lambda = _as_float("kd_lambda", self.kd_lambda)
@@ -274,8 +276,9 @@ def lr_multiplier(config: TrainConfig, step: int, total_steps: int, steps_per_ep
     """Factor applied to ``config.lr`` for optimiser step ``step`` (0-based) of ``total_steps``.
 
     "none": 1. "cosine": ``0.5 * (1 + cos(pi * step / total))``. "step": ``gamma ** (epoch // step_epochs)``
-    with the epoch counted in steps. "onecycle": linear warm-up from 1/25 to 1 over the first 30% of the
-    steps, then cosine annealing down to 1/(25*1e4).
+    with the epoch counted in steps. "multistep": ``gamma ** k`` after k of :data:`MULTISTEP_MILESTONES`
+    (fractions of the run, LeGR's 0.3/0.6/0.8 of the epochs). "onecycle": linear warm-up from 1/25 to 1 over
+    the first 30% of the steps, then cosine annealing down to 1/(25*1e4).
     """
     if config.schedule == "none":
         return 1.0
@@ -283,6 +286,8 @@ def lr_multiplier(config: TrainConfig, step: int, total_steps: int, steps_per_ep
         return 0.5 * (1.0 + math.cos(math.pi * step / max(1, total_steps)))
     if config.schedule == "step":
         return config.gamma ** (step // (config.step_epochs * max(1, steps_per_epoch)))
+    if config.schedule == "multistep":
+        return config.gamma ** sum(step >= round(m * total_steps) for m in MULTISTEP_MILESTONES)
     if config.schedule == "onecycle":
         start = 1.0 / ONECYCLE_DIV
         final = start / ONECYCLE_FINAL_DIV
@@ -521,7 +526,7 @@ def train_students(students: Sequence[nn.Module], dataset: Dataset, config: Trai
     total_steps = max(1, math.ceil(round(config.epochs * steps_per_epoch, 6)))
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
-    n_epochs = math.ceil(total_steps / steps_per_epoch)
+    n_epochs = max(1, math.ceil(total_steps / steps_per_epoch))  # max_steps=0: one pass that only evaluates
 
     teacher_was_training = teacher.training if teacher is not None else False
     if teacher is not None and need_teacher:
@@ -557,6 +562,8 @@ def train_students(students: Sequence[nn.Module], dataset: Dataset, config: Trai
             for s in states:
                 s.epoch_loss_sum, s.epoch_steps = 0.0, 0
             for x, y in loader:
+                if step >= total_steps:
+                    break
                 x = x.to(device, non_blocking=True)
                 y = y.to(device, non_blocking=True)
                 t_logits = None

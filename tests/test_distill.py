@@ -400,7 +400,7 @@ def test_from_dict_rejects_unknown_keys() -> None:
     ("epochs", float("nan"), "> 0"),
     ("batch_size", 0, ">= 1"),
     ("batch_size", 3.5, ">= 1"),
-    ("max_steps", 0, ">= 1"),
+    ("max_steps", -1, ">= 0"),
     ("lr", "fast", "number"),
     ("lr", 0.0, "> 0"),
     ("temperature", 0, "> 0"),
