@@ -124,6 +124,8 @@ def read_user_config(path: str | None) -> dict:
     except yaml.YAMLError as exc:
         raise ConfigError(f"--config {path} is not valid YAML: {exc}") from None
     check_keys(user, USER_KEYS, f"--config {path}")
+    if user.get("agent") is not None and not isinstance(user["agent"], str):
+        raise ConfigError(f"--config {path}: `agent:` is the agent's name; its settings go under `agent_config:`")
     check_keys(user.get("run", {}) or {}, tuple(RUN_DEFAULTS), f"--config {path} run:")
     return user
 

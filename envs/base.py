@@ -75,6 +75,8 @@ class CompressionEnv(gym.Env):
     space: ClassVar[str] = ""
     default_reward: ClassVar[str] = "n2n"
     default_inherit: ClassVar[str] = "reinit"
+    #: the modes this space offers (the edit space is one-shot only)
+    modes: ClassVar[tuple[str, ...]] = MODES
 
     def __init__(self, arch: str = "resnet20", dataset: str = "synthetic", fidelity: str | Mapping = "smoke",
                  mode: str = "oneshot", reward: str | None = None, device: str | None = None,
@@ -84,7 +86,7 @@ class CompressionEnv(gym.Env):
                  home: str | None = None, require_smaller: bool = True, reward_split: str = "val") -> None:
         _check_choice("arch", arch, ARCHS)
         _check_choice("dataset", dataset, DATASETS)
-        _check_choice("mode", mode, MODES)
+        _check_choice("mode", mode, self.modes)
         if render_mode is not None:
             _check_choice("render_mode", render_mode, tuple(self.metadata["render_modes"]))
         self.mode, self.render_mode = mode, render_mode

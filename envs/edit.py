@@ -89,6 +89,7 @@ class EditEnv(CompressionEnv):
     space = "edit"
     default_reward = "n2n"
     default_inherit = "first_k"
+    modes = ("oneshot",)
 
     def __init__(self, arch: str = "resnet20", dataset: str = "synthetic", *, copy_bn_stats: bool = False,
                  max_layers: int = ESNAC_MAX_LAYERS, mode: str = "oneshot", **kwargs: Any) -> None:

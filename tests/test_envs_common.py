@@ -15,6 +15,17 @@ from tests.conftest import TINY
 SPACES = tuple(envs.SPACES)
 
 
+def _env_class(space):
+    import importlib
+
+    module, _, name = envs.SPACES[space].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+#: spaces with a sequential mode (the edit space is one-shot only: its skip edits are not per layer)
+SEQUENTIAL = tuple(s for s in SPACES if "sequential" in _env_class(s).modes)
+
+
 def make(space, arch="lenet5", mode="oneshot", **kw):
     kw.setdefault("dataset_kwargs", dict(TINY))
     kw.setdefault("fidelity", "smoke")
@@ -37,7 +48,7 @@ def test_every_id_is_registered_and_short_names_resolve():
         gym.make("netcomp/removal-resnet9-cifar10-v0")
 
 
-@pytest.mark.parametrize("space", SPACES)
+@pytest.mark.parametrize("space", SEQUENTIAL)
 def test_make_passes_kwargs_through(space):
     env = make(space, mode="sequential", reward="amc-flops")
     assert env.unwrapped.mode == "sequential" and env.unwrapped.reward_name == "amc-flops"
@@ -46,7 +57,7 @@ def test_make_passes_kwargs_through(space):
     assert env.observation_space.contains(obs)
 
 
-@pytest.mark.parametrize("space", SPACES)
+@pytest.mark.parametrize("space", SEQUENTIAL)
 def test_ppo_learns_a_few_hundred_steps(space):
     env = make(space, arch="resnet20", mode="sequential")
     model = PPO("MlpPolicy", env, n_steps=64, batch_size=32, n_epochs=1, seed=0, device="cpu")
@@ -108,8 +119,7 @@ def malformed(space_shape):
     )
 
 
-@pytest.mark.parametrize("space", SPACES)
-@pytest.mark.parametrize("mode", ["oneshot", "sequential"])
+@pytest.mark.parametrize(("space", "mode"), [(s, m) for s in SPACES for m in _env_class(s).modes])
 def test_malformed_actions_always_raise_value_error(space, mode):
     env = make(space, mode=mode).unwrapped
     env.reset(seed=0)
@@ -138,7 +148,8 @@ def test_random_actions_never_crash_and_always_end_cleanly(space):
         env.action_space.seed(seed)
         action = env.action_space.sample()
         values = env._check_oneshot(action)       # every sampled action is accepted ...
-        assert len(values) == len(env.layers)
+        # one value per layer (the edit space: one per action entry, its edits are not per layer)
+        assert len(values) == (env.action_space.shape[0] if space == "edit" else len(env.layers))
         env._make_student(values)                 # ... and turns into a student without raising
         checked += 1
 

@@ -148,6 +148,11 @@ def test_unknown_config_keys_presets_and_conflicting_resume_flags_are_errors(tin
     assert run("--env", "removal-resnet20-synthetic", "--agent", "random", "--config", top, "--out",
                tmp_path / "b") == 2
     assert "['budgett']" in capsys.readouterr().err
+    settings = tmp_path / "settings.yaml"  # agent settings under `agent:` (the name) instead of agent_config
+    settings.write_text(yaml.safe_dump({"agent": {"kernels": 2}}))
+    assert run("--env", "edit-resnet20-synthetic", "--agent", "esnac", "--config", settings, "--out",
+               tmp_path / "s") == 2
+    assert "agent_config" in capsys.readouterr().err
     assert run("--env", "removal-resnet20-synthetic", "--agent", "random", "--preset", "fast", "--out",
                tmp_path / "c") == 2
     assert "agent 'random' has no presets" in capsys.readouterr().err
