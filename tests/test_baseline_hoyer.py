@@ -24,12 +24,7 @@ from tests.conftest import cli
 PARTIAL = {"threshold": 0.07, "decays": [1e-3, 1e-2]}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def consumers(arch: Arch, gid: str) -> list[tuple[str, int]]:

@@ -34,12 +34,7 @@ from tests.test_run_integrity import _cmd, _kill_when, _resume, _same
 SMALL = {"population": 4, "sample": 2, "candidates": 10, "batch": 2, "finetune_epochs": 1.0, "finetune_max_steps": 2}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -31,13 +31,7 @@ from netcomp.zoo import build_arch
 QUICK = {"rollouts": 3, "finetune_epochs": 1.0, "finetune_batch_size": 64, "finetune_max_steps": 2}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny students and policies run faster on one thread; on a busy 2-core box 2 threads can be 50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_agent(tiny, evaluations=12, used=0, run_dir=None, arch="resnet20", seed=0, teacher=None, **overrides):

@@ -13,14 +13,7 @@ from netcomp.metrics import count_macs, count_params
 from netcomp.surgery import build_module, inherit_weights, set_widths
 from tests.envcheck import action_cases, run_checkers
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny students train faster on one thread than on two contended ones (the CI box is shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(tiny, **kw):

@@ -6,24 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from envs.channel_ratio import GROUP_FEATURES, ChannelRatioEnv
+from envs.channel_ratio import GROUP_FEATURES
 from netcomp.metrics import count_macs, count_params
 from netcomp.surgery import blocks_of, build_module, set_conv_widths, set_stage_depths, width_convs
 from netcomp.zoo import build_arch
 from tests.envcheck import run_checkers
+from tests.test_env_channel_ratio import make, ratio_of, width_of
 from tests.test_metrics import flop_counter_macs
-
-
-def make(tiny, **kw):
-    return ChannelRatioEnv(arch=kw.pop("arch", "resnet20"), device="cpu", **tiny, **kw)
-
-
-def width_of(ratio: float, full: int) -> int:
-    return max(1, math.floor(ratio * full + 0.5))
-
-
-def ratio_of(a: float, lbound: float = 0.2) -> float:
-    return lbound + (a + 1.0) / 2.0 * (1.0 - lbound)
 
 
 @pytest.mark.parametrize(("mode", "granularity", "depth"), [
