@@ -35,7 +35,7 @@ def list_everything() -> None:
     print("\nAgents:")
     for name in AGENTS:
         cls = get_agent(name)
-        print(f"  {name:<8} {cls.kind:<9} spaces: {', '.join(cls.spaces):<52} modes: {', '.join(cls.modes)}")
+        print(f"  {name:<10} {cls.kind:<9} spaces: {', '.join(cls.spaces):<60} modes: {', '.join(cls.modes)}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -12,12 +12,12 @@ from agents.base import Agent
 #: name -> "module:Class" (imported when used, so listing agents stays cheap).
 AGENTS: dict[str, str] = {
     "n2n": "baselines.n2n:N2NAgent",
-    "tas": "baselines.tas:TASAgent",
     "esnac": "baselines.esnac:ESNACAgent",
-    "hoyer": "baselines.hoyer:HoyerAgent",
     "legr": "baselines.legr:LegrAgent",
     "l2-global": "baselines.legr:L2GlobalAgent",
     "uniform": "baselines.legr:UniformAgent",
+    "tas": "baselines.tas:TASAgent",
+    "hoyer": "baselines.hoyer:HoyerAgent",
     "random": "agents.random_search:RandomAgent",
     "ppo": "agents.sb3:PPOAgent",
     "a2c": "agents.sb3:A2CAgent",
