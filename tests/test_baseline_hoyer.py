@@ -229,3 +229,31 @@ def test_cli_smoke_and_resume_after_a_kill(tiny_config, tmp_path, monkeypatch):
     resumed = read_records(tmp_path / "killed" / "evaluations.jsonl")
     keys = ("arch_key", "params", "accuracy", "reward", "valid")
     assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in whole]
+
+
+def test_a_sigkill_between_submissions_resumes_to_the_uninterrupted_record(tiny_config, tmp_path):
+    """A real SIGKILL (a subprocess), not an exception: the resumed run ends with the same students."""
+    import sys
+
+    from netcomp.jsonl import read_jsonl
+    from tests.test_run_integrity import ROOT, _kill_when, _resume
+
+    config = tmp_path / "hoyer.yaml"
+    base = yaml.safe_load(Path(tiny_config).read_text())
+    base["agent_config"] = {**PARTIAL, "decays": [1e-4, 3e-4, 1e-3, 3e-3]}
+    config.write_text(yaml.safe_dump(base))
+
+    def cmd(out):
+        return [sys.executable, str(ROOT / "run_agent.py"), "--env", "channel-ratio-resnet20-synthetic", "--agent",
+                "hoyer", "--config", str(config), "--seed", "3", "--out", str(out)]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    import subprocess  # both runs in subprocesses: the same torch threads, so the same floats
+
+    subprocess.run(cmd(whole), check=True, cwd=ROOT, capture_output=True)
+    _kill_when(cmd(killed), lambda: len(read_jsonl(killed / "evaluations.jsonl", repair=False)) >= 2)
+    assert 2 <= len(read_records(killed / "evaluations.jsonl")) < 4, "the run must be killed in the middle"
+    done = _resume(killed)
+    assert done.returncode == 0, done.stderr
+    keys = ("index", "arch_key", "params", "accuracy", "reward", "valid")
+    after, ref = read_records(killed / "evaluations.jsonl"), read_records(whole / "evaluations.jsonl")
+    assert [[r[k] for k in keys] for r in after] == [[r[k] for k in keys] for r in ref]
