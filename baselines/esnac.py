@@ -246,13 +246,21 @@ class ESNACAgent(Agent):
         for record in self.env.records:
             if record.get("space") == space and record.get("action") is not None:
                 if record["index"] not in self._descriptors:
-                    self._descriptors[record["index"]] = self.descriptor(self.student_of(record))
+                    self._descriptors[record["index"]] = self.action_descriptor(record["action"])
                 xs.append(self._descriptors[record["index"]])
                 ys.append(float(record["reward"]))
         return xs, ys
 
     def descriptor(self, student: Arch) -> np.ndarray:
         return esnac_descriptor(self.env.unwrapped.arch, student, self.config.max_layers)
+
+    def action_descriptor(self, action: Any) -> np.ndarray:
+        """The representation of an action's student: straight from the action where the space offers it
+        (the edit space, ESNAC's B4: no network built), else from the built student."""
+        base = self.env.unwrapped
+        fast = getattr(base, "descriptor_of_action", None)
+        d = fast(action, self.config.max_layers) if fast is not None else None
+        return d if d is not None else self.descriptor(base.student_for(action))
 
     def make_gp(self, xs: Sequence[np.ndarray], ys: Sequence[float]) -> EmbeddingGP:
         """A fresh kernel on (xs, ys): a new random LSTM (seeded from the agent's RNG), the last or the loaded one."""
@@ -279,7 +287,7 @@ class ESNACAgent(Agent):
         self.fits.append({"step": self.steps_done, "points": len(keep), **fit})
         self.last_embedding = {k: v.detach().clone() for k, v in gp.embedding.state_dict().items()}
         actions = [self.env.unwrapped.sample_action(self.rng) for _ in range(cfg.candidates)]
-        x = torch.as_tensor(np.stack([self.descriptor(self.env.unwrapped.student_for(a)) for a in actions]))
+        x = torch.as_tensor(np.stack([self.action_descriptor(a) for a in actions]))
         with one_torch_thread():
             mean, std = gp.predict(x)
         ei = expected_improvement(mean, std, max(ys[i] for i in keep))

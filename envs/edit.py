@@ -13,6 +13,7 @@ from envs.base import CompressionEnv, check_box_action
 from netcomp.arch import (
     ESNAC_BASE,
     ESNAC_MAX_LAYERS,
+    ESNAC_TYPES,
     Arch,
     drop_identities,
     esnac_descriptor,
@@ -201,3 +202,79 @@ class EditEnv(CompressionEnv):
     def descriptor(self, student: Arch) -> np.ndarray:
         """ESNAC's representation of a student of this teacher (see :func:`netcomp.arch.esnac_descriptor`)."""
         return esnac_descriptor(self.arch, student, self.max_layers)
+
+    def descriptor_of_action(self, action: Any, max_layers: int | None = None) -> np.ndarray | None:
+        """ESNAC's representation straight from an action, without building the network (B4), or None where
+        that shortcut would not be exact (then use :meth:`descriptor` of the student).
+
+        The teacher's descriptor with removed rows turned into Identity rows (their edges kept), the in/out
+        channels of conv and linear rows set to their width class's new width, and each added skip i -> j set
+        in the one-hots. A skip from a removed node stays an edge from that Identity row, as in ESNAC (the
+        student's graph would show it coming from the removed node's input). Not exact, so None: grouped or
+        depthwise convs (widths are rounded to the groups), and edits that join a shrinkable tensor to a fixed
+        one (a skip or a removed conv between them).
+        """
+        plan = self._descriptor_plan(self.max_layers if max_layers is None else int(max_layers))
+        if plan is None:
+            return None
+        removed, ratios, skips = self.split_action(check_box_action(action, self.action_space))
+        gone = set(removed)
+        skips = [p for p in skips if p[1] not in gone]
+        if any(name in plan["unsafe"] for name in removed) or any(p in plan["unsafe"] for p in skips):
+            return None
+        d = plan["base"].copy()
+        new = [shrunk_width(w, r) for w, r in zip(self.width_classes, ratios)]
+        for row, col, cls, factor in plan["channels"]:
+            d[row, col] = new[cls] * factor
+        for name in removed:
+            row = plan["pos"][name]
+            d[row, :ESNAC_BASE] = 0.0
+            d[row, ESNAC_TYPES.index("identity")] = 1.0
+        width = (d.shape[1] - ESNAC_BASE) // 2
+        for i, j in skips:
+            a, b = plan["pos"][i], plan["pos"][j]
+            d[b, ESNAC_BASE + b - a] = 1.0
+            d[a, ESNAC_BASE + width + b - a] = 1.0
+        return d
+
+    def _descriptor_plan(self, max_layers: int) -> dict[str, Any] | None:
+        """What :meth:`descriptor_of_action` needs from the teacher, computed once per max_layers."""
+        cache = self.__dict__.setdefault("_plans", {})
+        if max_layers in cache:
+            return cache[max_layers]
+        arch = self.arch
+        convs = [n for n in arch.nodes if n.op == "conv"]
+        if any(n.depthwise or n.groups != 1 for n in convs):
+            cache[max_layers] = None
+            return None
+        group_of = arch.group_of
+        shrinks = {g.gid: g.shrinkable and g.width in self.width_classes for g in arch.groups}
+        cls_of = {g.gid: self.width_classes.index(g.width) for g in arch.groups if shrinks[g.gid]}
+        nodes = esnac_nodes(arch)
+        pos = {name: i for i, name in enumerate(nodes)}
+        channels = []  # (row, column, class, factor): in/out channels that follow a width class
+        for name in nodes:
+            node = arch.node(name)
+            if node.op not in ("conv", "linear"):
+                continue
+            src = node.inputs[0]
+            if arch.node(src).op == "flatten":  # a linear's inputs are its source map's channels x its area
+                src = arch.node(src).inputs[0]
+            out_gid, in_gid = group_of.get(name, ""), group_of.get(src, "")
+            if out_gid in cls_of:
+                channels.append((pos[name], 15, cls_of[out_gid], 1))
+            if in_gid in cls_of:
+                factor = arch.in_shape(name)[0] // arch.group(in_gid).width
+                channels.append((pos[name], 14, cls_of[in_gid], factor))
+        unsafe: set[Any] = set()
+        for i, j in self.skip_pairs:  # a skip joining a shrinking tensor to a fixed one couples them
+            if shrinks.get(group_of.get(i, ""), False) != shrinks.get(group_of.get(arch.node(j).inputs[0], ""), False):
+                unsafe.add((i, j))
+        for name in self.removable:  # so does removing a conv between them
+            node = arch.node(name)
+            if node.op == "conv" and shrinks.get(group_of.get(name, ""), False) != shrinks.get(
+                    group_of.get(node.inputs[0], ""), False):
+                unsafe.add(name)
+        plan = {"base": esnac_descriptor(arch, None, max_layers), "pos": pos, "channels": channels, "unsafe": unsafe}
+        cache[max_layers] = plan
+        return plan

@@ -136,7 +136,7 @@ def test_the_proposal_is_the_candidate_with_the_highest_expected_improvement(tin
         return mean, std
     monkeypatch.setattr(EmbeddingGP, "predict", spy)
     action = agent.propose()
-    chosen = agent.descriptor(agent.env.unwrapped.student_for(action))
+    chosen = agent.action_descriptor(action)
     assert np.array_equal(chosen, seen["x"][int(torch.argmax(seen["ei"]))].numpy())
 
 

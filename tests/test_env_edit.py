@@ -203,3 +203,43 @@ def test_a_removal_space_student_has_the_same_descriptor_as_the_same_edit():
     by_edit = env_like.student_of_edits(removed, [0, 0, 0], [])
     assert np.array_equal(esnac_descriptor(teacher, remove_layers(teacher, removed)),
                           esnac_descriptor(teacher, by_edit))
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "vgg11", "lenet5"])
+def test_the_descriptor_straight_from_an_action_is_the_built_students(tiny, arch):
+    env = make(tiny, arch=arch)
+    rng = np.random.default_rng(1)
+    r, g = len(env.removable), len(env.width_classes)
+    checked = 0
+    for t in range(30):
+        a = env.sample_action(rng)
+        a[r + g:][rng.random(len(env.skip_pairs)) < 0.1] = 1.0  # more skips than the sampler draws
+        # removals with skips: a skip from a removed node, or beside a path through removed nodes, is an
+        # edge only in ESNAC's representation (the built graph cannot show it; see the next test)
+        a[:r] = -1.0 if t % 2 else a[:r]
+        a[r + g:] = a[r + g:] if t % 2 else -1.0
+        fast = env.descriptor_of_action(a)
+        if fast is None:
+            continue
+        assert np.array_equal(fast, env.descriptor(env.student_for(a)))
+        checked += 1
+    assert checked >= 20
+
+
+def test_a_skip_from_a_removed_node_stays_an_edge_of_its_identity_row(tiny):
+    env = make(tiny)
+    i, j = next((i, j) for i, j in env.skip_pairs if i in env.removable)
+    action = env.make_action(removed=[i], skips=[(i, j)])
+    d = env.descriptor_of_action(action)
+    names = list(esnac_nodes(env.arch))
+    a, b = names.index(i), names.index(j)
+    assert d[a, ESNAC_TYPES.index("identity")] == 1 and d[b, ESNAC_BASE + b - a] == 1
+    built = env.descriptor(env.student_for(action))              # the built graph has it from i's input
+    assert built[b, ESNAC_BASE + b - a] == 0
+    with pytest.raises(ValueError):
+        env.descriptor_of_action(np.zeros(3))
+
+
+def test_no_shortcut_where_it_would_not_be_exact(tiny):
+    env = make(tiny, arch="mobilenetv2")                       # depthwise convs: widths follow the groups
+    assert env.descriptor_of_action(env.sample_action(np.random.default_rng(0))) is None
