@@ -317,11 +317,11 @@ class ESNACAgent(Agent):
         The search keeps no trained weights, so each starts from its inherited weights (the reference continues
         from the search-trained ones). f after full training = C(2 - C) acc / teacher acc on the same split.
         """
-        top: dict[str, dict] = {}
+        best_of: dict[str, dict] = {}  # one record per student, the best first
         for r in sorted(self.env.records, key=lambda r: -r["reward"]):
-            if r["valid"] and len(top) < self.config.top_k:
-                top.setdefault(r["arch_key"], r)
-        top = list(top.values())
+            if r["valid"]:
+                best_of.setdefault(r["arch_key"], r)
+        top = list(best_of.values())[: self.config.top_k]
         if not top:
             self.notes["final"] = {"skipped": "no valid student was found"}
             return self.notes["final"]

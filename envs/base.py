@@ -77,6 +77,8 @@ class CompressionEnv(gym.Env):
     default_inherit: ClassVar[str] = "reinit"
     #: the modes this space offers (the edit space is one-shot only)
     modes: ClassVar[tuple[str, ...]] = MODES
+    #: whether inherited BatchNorms keep the teacher's running statistics (ESNAC's edit space: fresh ones)
+    copy_bn_stats: bool = True
 
     def __init__(self, arch: str = "resnet20", dataset: str = "synthetic", fidelity: str | Mapping = "smoke",
                  mode: str = "oneshot", reward: str | None = None, device: str | None = None,
@@ -101,7 +103,7 @@ class CompressionEnv(gym.Env):
                                    cache_path=cache_path,
                                    min_linear_inputs=self._min_linear_inputs(), require_smaller=require_smaller,
                                    split=reward_split, size_metrics=REWARDS[self.reward_name].size_metrics,
-                                   inherit_bn_stats=getattr(self, "copy_bn_stats", True))
+                                   inherit_bn_stats=self.copy_bn_stats)
         ev = self.evaluator
         self.reward_context = RewardContext(ev.teacher_accuracy, ev.teacher_params, ev.teacher_macs,
                                             self.arch.num_classes, ev.max_growth)

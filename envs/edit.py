@@ -99,6 +99,7 @@ class EditEnv(CompressionEnv):
         if isinstance(max_layers, bool) or int(max_layers) < 1:
             raise ValueError(f"max_layers must be a positive integer, got {max_layers!r}")
         self.copy_bn_stats, self.max_layers = bool(copy_bn_stats), int(max_layers)
+        self._plans: dict[int, dict[str, Any] | None] = {}  # descriptor_of_action's teacher facts by max_layers
         super().__init__(arch, dataset, mode=mode, **kwargs)
 
     # ------------------------------------------------------------------ hooks
@@ -239,42 +240,36 @@ class EditEnv(CompressionEnv):
 
     def _descriptor_plan(self, max_layers: int) -> dict[str, Any] | None:
         """What :meth:`descriptor_of_action` needs from the teacher, computed once per max_layers."""
-        cache = self.__dict__.setdefault("_plans", {})
-        if max_layers in cache:
-            return cache[max_layers]
+        if max_layers not in self._plans:
+            self._plans[max_layers] = self._make_plan(max_layers)
+        return self._plans[max_layers]
+
+    def _make_plan(self, max_layers: int) -> dict[str, Any] | None:
         arch = self.arch
-        convs = [n for n in arch.nodes if n.op == "conv"]
-        if any(n.depthwise or n.groups != 1 for n in convs):
-            cache[max_layers] = None
+        if any(n.op == "conv" and (n.depthwise or n.groups != 1) for n in arch.nodes):
             return None
-        group_of = arch.group_of
-        shrinks = {g.gid: g.shrinkable and g.width in self.width_classes for g in arch.groups}
-        cls_of = {g.gid: self.width_classes.index(g.width) for g in arch.groups if shrinks[g.gid]}
-        nodes = esnac_nodes(arch)
-        pos = {name: i for i, name in enumerate(nodes)}
+        cls_of = {g.gid: self.width_classes.index(g.width) for g in arch.groups
+                  if g.shrinkable and g.width in self.width_classes}
+
+        def cls(name: str) -> int | None:  # the width class a node's output tensor follows, if it shrinks
+            return cls_of.get(arch.group_of.get(name, ""))
+
+        pos = {name: i for i, name in enumerate(esnac_nodes(arch))}
         channels = []  # (row, column, class, factor): in/out channels that follow a width class
-        for name in nodes:
+        for name in pos:
             node = arch.node(name)
             if node.op not in ("conv", "linear"):
                 continue
             src = node.inputs[0]
             if arch.node(src).op == "flatten":  # a linear's inputs are its source map's channels x its area
                 src = arch.node(src).inputs[0]
-            out_gid, in_gid = group_of.get(name, ""), group_of.get(src, "")
-            if out_gid in cls_of:
-                channels.append((pos[name], 15, cls_of[out_gid], 1))
-            if in_gid in cls_of:
-                factor = arch.in_shape(name)[0] // arch.group(in_gid).width
-                channels.append((pos[name], 14, cls_of[in_gid], factor))
-        unsafe: set[Any] = set()
-        for i, j in self.skip_pairs:  # a skip joining a shrinking tensor to a fixed one couples them
-            if shrinks.get(group_of.get(i, ""), False) != shrinks.get(group_of.get(arch.node(j).inputs[0], ""), False):
-                unsafe.add((i, j))
-        for name in self.removable:  # so does removing a conv between them
-            node = arch.node(name)
-            if node.op == "conv" and shrinks.get(group_of.get(name, ""), False) != shrinks.get(
-                    group_of.get(node.inputs[0], ""), False):
-                unsafe.add(name)
-        plan = {"base": esnac_descriptor(arch, None, max_layers), "pos": pos, "channels": channels, "unsafe": unsafe}
-        cache[max_layers] = plan
-        return plan
+            if cls(name) is not None:
+                channels.append((pos[name], 15, cls(name), 1))
+            if cls(src) is not None:
+                channels.append((pos[name], 14, cls(src), arch.in_shape(name)[0] // arch.shapes[src][0]))
+        # a skip, or a removed conv, that joins a shrinking tensor to a fixed one couples them: not exact
+        unsafe: set[Any] = {(i, j) for i, j in self.skip_pairs
+                            if (cls(i) is None) != (cls(arch.node(j).inputs[0]) is None)}
+        unsafe |= {n for n in self.removable
+                   if arch.node(n).op == "conv" and (cls(n) is None) != (cls(arch.node(n).inputs[0]) is None)}
+        return {"base": esnac_descriptor(arch, None, max_layers), "pos": pos, "channels": channels, "unsafe": unsafe}
