@@ -34,6 +34,7 @@ import torch
 from netcomp.arch import Arch, arch_from_dict, arch_to_dict
 from netcomp.files import torch_save_atomic
 from netcomp.jsonl import append_jsonl, read_jsonl
+from netcomp.surgery import save_student
 
 
 class BudgetExhausted(RuntimeError):
@@ -325,6 +326,30 @@ class Agent(ABC):
         if record.get("space") == self.env.unwrapped.space and record.get("action") is not None:
             return self.env.unwrapped.student_for(record["action"])
         return None
+
+    def train_kept(self, student: Arch, asked: Any | None = None, follow_fidelity: bool = True) -> tuple[Any, dict]:
+        """Train a student the run keeps (a method's final training) and report it on validation and TEST.
+
+        ``asked`` is the method's TrainConfig (None: the fidelity's KD run); with ``follow_fidelity`` it is capped
+        by the fidelity's ``final`` section, so a smoke run's final training takes seconds. Returns (model, report).
+        """
+        ev = self.env.unwrapped.evaluator
+        config = ev.fidelity.final_config(asked) if follow_fidelity or asked is None else asked
+        return ev.train_final(student, config, seed=self.seed)
+
+    def keep_final(self, student: Arch, model: Any, final: dict[str, Any]) -> dict[str, Any]:
+        """The run's final student: saved to ``best_student.pt`` (atomically, weights only; its meta names the
+        agent and the teacher) when the run has a directory, and recorded as ``notes['final']`` (with its path
+        and architecture) for summary.json."""
+        if self.run_dir is not None:
+            path = Path(self.run_dir) / "best_student.pt"
+            teacher = self.env.unwrapped.evaluator.teacher.meta
+            save_student(path, student, model, {**final, "agent": self.name,
+                                                "teacher": {k: teacher.get(k) for k in ("arch", "dataset", "recipe",
+                                                                                        "seed")}})
+            final = {**final, "path": str(path)}
+        self.notes["final"] = {**final, "arch": arch_to_dict(student)}
+        return self.notes["final"]
 
     def final_action(self) -> Any:
         """The action of the best student found (white-box agents return their result here)."""

@@ -31,11 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from agents.base import Agent, one_torch_thread
-from netcomp.arch import ESNAC_BASE, ESNAC_MAX_LAYERS, Arch, arch_to_dict, esnac_descriptor
+from netcomp.arch import ESNAC_BASE, ESNAC_MAX_LAYERS, Arch, esnac_descriptor
 from netcomp.distill import TrainConfig
 from netcomp.files import torch_save_atomic
 from netcomp.rewards import n2n_reward
-from netcomp.surgery import save_student
 
 #: Version of the files written by :meth:`ESNACAgent.save_policy`.
 POLICY_FORMAT = 1
@@ -326,11 +325,10 @@ class ESNACAgent(Agent):
             self.notes["final"] = {"skipped": "no valid student was found"}
             return self.notes["final"]
         ev = self.env.unwrapped.evaluator
-        config = ev.fidelity.final_config(self.full_training_config())
         trained = []
         for record in top:
             arch = self.student_of(record)
-            model, report = ev.train_final(arch, config, seed=self.seed)
+            model, report = self.train_kept(arch, self.full_training_config())
             c = report["compression"]
             f = {s: n2n_reward(c, report[f"{s}_accuracy"], report["teacher_test_accuracy"] if s == "test"
                                else ev.teacher_accuracy) for s in SELECT_ON}
@@ -340,13 +338,7 @@ class ESNACAgent(Agent):
         final = {**report, "index": record["index"], "search_reward": record["reward"], "select_on":
                  self.config.select_on, "candidates": [{"index": t[1]["index"], **{k: t[4][k] for k in (
                      "val_accuracy", "test_accuracy", "f_val", "f_test", "params")}} for t in trained]}
-        if self.run_dir is not None:
-            path = Path(self.run_dir) / "best_student.pt"
-            save_student(path, arch, model, {**final, "agent": self.name})
-            final["path"] = str(path)
-        final["arch"] = arch_to_dict(arch)
-        self.notes["final"] = final
-        return final
+        return self.keep_final(arch, model, final)
 
     # ------------------------------------------------------------------ state and transfer
     def state(self) -> dict[str, Any]:

@@ -28,7 +28,6 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from agents.base import Agent
-from netcomp.arch import Arch, arch_to_dict
+from netcomp.arch import Arch
 from netcomp.data import Dataset, DeviceLoader
 from netcomp.distill import OPTIMIZERS, TrainConfig, evaluate
 from netcomp.metrics import count_params
@@ -52,7 +51,7 @@ from netcomp.sparsity import (
     penalty,
     prune_masks,
 )
-from netcomp.surgery import build_module, inherit_weights, keep_channels, save_student
+from netcomp.surgery import build_module, inherit_weights, keep_channels
 
 DEAD_RULES = ("both", "inputs", "filters")
 REG_PARAMS = ("auto", "weights", "all")
@@ -375,7 +374,7 @@ class HoyerAgent(Agent):
         point.update({"index": self.env.records[-1]["index"], "reward": reward, "valid": info["valid"],
                       "accuracy": info["accuracy"], "params": info["params"], "macs": info["macs"],
                       "invalid_reason": info.get("invalid_reason")})
-        point["test_accuracy"] = self.test_accuracy(module)
+        point["test_accuracy"] = self.test_accuracy(module) if info["valid"] else None  # no pass for invalid ones
         self.notes["points"].append(point)
         self.keep_best(point, student, module)
         return point
@@ -411,12 +410,10 @@ class HoyerAgent(Agent):
         if not point["valid"] or (self.best_reward is not None and point["reward"] <= self.best_reward):
             return
         self.best_reward = point["reward"]
-        meta = {"index": point["index"], "reward": point["reward"], "val_accuracy": point["accuracy"],
-                "test_accuracy": point["test_accuracy"], "params": point["params"], "macs": point["macs"],
-                "decay": point["decay"], "agent": self.name, "arch": arch_to_dict(student)}
-        if self.run_dir is not None:
-            save_student(Path(self.run_dir) / "best_student.pt", student, module, meta)
-            self.notes["final"] = meta
+        self.keep_final(student, module, {
+            "index": point["index"], "reward": point["reward"], "val_accuracy": point["accuracy"],
+            "test_accuracy": point["test_accuracy"], "params": point["params"], "macs": point["macs"],
+            "decay": point["decay"]})
 
     def state(self) -> dict[str, Any]:
         return {**super().state(), "next": self.next, "notes": copy.deepcopy(self.notes),

@@ -30,15 +30,13 @@ reference's genome is unbounded; about 5% of alpha draws and 0.3% of kappa draws
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from agents.base import Agent
+from agents.base import Agent, to_jsonable
 from netcomp.arch import Arch
 from netcomp.distill import TrainConfig
-from netcomp.surgery import save_student
 
 #: The agents' stages; ``state()["stage"]`` is one of them.
 STAGES = ("search", "deploy", "done")
@@ -263,21 +261,18 @@ class _Deploying(Agent):
             model, report = finetune_report(self.env, student, self.config, seed=self.seed)
             report = {**report, **facts, "flops_target": target, "macs_ratio": report["macs"] / ev.teacher_macs,
                       "index": self.best["index"], "search_reward": self.best["reward"]}
-            if k == 0 and self.run_dir is not None:
-                path = Path(self.run_dir) / "best_student.pt"
-                save_student(path, student, model, {**report, "agent": self.name})
-                report["path"] = str(path)
+            if k == 0:  # the first target's student is the run's
+                report = {k: v for k, v in self.keep_final(student, model, report).items() if k != "arch"}
             reports.append(report)
         self.notes["targets"] = [{k: v for k, v in r.items() if k != "finetune"} for r in reports]
-        self.notes["final"] = reports[0]
         return reports
 
     def _track(self, action: Any, reward: float, index: int) -> None:
         if self.best is None or reward > self.best["reward"]:
-            self.best = {"index": int(index), "reward": float(reward), "action": _plain(action)}
+            self.best = {"index": int(index), "reward": float(reward), "action": to_jsonable(action)}
 
     def state(self) -> dict[str, Any]:
-        return {**super().state(), "stage": self.stage, "best": self.best, "notes": _plain(self.notes)}
+        return {**super().state(), "stage": self.stage, "best": self.best, "notes": to_jsonable(self.notes)}
 
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
@@ -345,7 +340,7 @@ class LegrAgent(_Deploying):
 
     def tell(self, action: np.ndarray, reward: float, index: int) -> None:
         """Add an evaluated candidate; beyond ``population`` members the oldest one dies (ageing)."""
-        self.population.append({"action": _plain(action), "reward": float(reward), "index": int(index)})
+        self.population.append({"action": to_jsonable(action), "reward": float(reward), "index": int(index)})
         if len(self.population) > self.config.population:
             self.population.pop(0)
         self._track(action, reward, index)
@@ -364,7 +359,7 @@ class LegrAgent(_Deploying):
                                         "widths": plan.widths}
 
     def state(self) -> dict[str, Any]:
-        return {**super().state(), "population": _plain(self.population), "evaluated": self.evaluated}
+        return {**super().state(), "population": to_jsonable(self.population), "evaluated": self.evaluated}
 
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
@@ -412,19 +407,6 @@ class UniformAgent(_Deploying):
         env = self.env.unwrapped
         plan, ratio = env.uniform_plan(target)
         return env.plan_student(plan), {"met_target": plan.met_target, "ratio": ratio, "widths": plan.widths}
-
-
-def _plain(value: Any) -> Any:
-    """Plain data (lists, floats, dicts) from arrays and numpy scalars, for records and checkpoints."""
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 __all__ = ["DeployConfig", "L2GlobalAgent", "LegrAgent", "LegrConfig", "UniformAgent", "anneal_step",

@@ -42,7 +42,6 @@ from envs.shrinkage import N2N_LOOKUP
 from netcomp.arch import Arch, arch_from_dict, arch_to_dict, n2n_descriptors
 from netcomp.distill import LOSSES, OPTIMIZERS, SCHEDULES, TrainConfig
 from netcomp.files import torch_save_atomic
-from netcomp.surgery import save_student
 
 #: Order of the pipeline's stages; ``state()["stage"]`` is one of them.
 STAGES = ("removal", "shrinkage", "finetune", "done")
@@ -613,22 +612,12 @@ class N2NAgent(Agent):
         if self.best is None:
             self.notes["final"] = {"skipped": "no valid student was found"}
             return self.notes["final"]
-        ev = self.env.unwrapped.evaluator
         arch = arch_from_dict(self.best["arch"])
         asked = self.finetune_config()
-        config = ev.fidelity.final_config(asked) if self.config.finetune_follow_fidelity else asked
-        model, report = ev.train_final(arch, config, seed=self.seed)
+        model, report = self.train_kept(arch, asked, self.config.finetune_follow_fidelity)
         final = {**report, "stage": self.best["stage"], "search_reward": self.best["reward"],
                  "arch_key": self.best["arch_key"], "finetune": asked.to_dict()}
-        if self.run_dir is not None:
-            path = Path(self.run_dir) / "best_student.pt"
-            meta = {**final, "teacher": {k: ev.teacher.meta.get(k) for k in ("arch", "dataset", "recipe", "seed")},
-                    "agent": self.name}
-            save_student(path, arch, model, meta)
-            final["path"] = str(path)
-        final["arch"] = self.best["arch"]
-        self.notes["final"] = final
-        return final
+        return self.keep_final(arch, model, final)
 
     # ------------------------------------------------------------------ transfer
     def save_policy(self, path: str | Path) -> None:

@@ -41,10 +41,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from agents.base import Agent, Recorder
-from netcomp.arch import Arch, arch_to_dict
+from netcomp.arch import Arch
 from netcomp.data import DeviceLoader, Split
 from netcomp.distill import TrainConfig
-from netcomp.surgery import blocks_of, save_student, set_conv_widths, set_stage_depths, width_convs
+from netcomp.surgery import blocks_of, set_conv_widths, set_stage_depths, width_convs
 
 #: Width candidates are int(C * r) for these ratios, de-duplicated and sorted (1.2).
 WIDTH_RATIOS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -243,7 +243,7 @@ def expected_cost(space: TASSpace, width_probs: Sequence[torch.Tensor], depth_pr
     """E_cost in MFLOPs (1.5): per conv k^2 * HW * E[C_in] * E[C_out], a product of expectations as the
     reference computes it; a block's cost is weighted by the probability that the chosen depth keeps it;
     each conv's input is the expected output of the previous conv in sequence."""
-    e = [(p * torch.tensor(c, dtype=p.dtype)).sum() for p, c in zip(width_probs, space.candidates)]
+    e = [(p * torch.tensor(c, dtype=p.dtype, device=p.device)).sum() for p, c in zip(width_probs, space.candidates)]
     stem = space.convs[0]
     total = space.k2(stem) * space.hw(stem) * space.arch.in_channels * e[0]
     prev = e[0]
@@ -310,9 +310,12 @@ def tau_at(epoch: int, epochs: int, tau_max: float, tau_min: float, schedule: st
 
 # ---------------------------------------------------------------------------------------------- super-network
 @functools.lru_cache(maxsize=256)
-def cwi_matrix(channels_in: int, channels_out: int) -> torch.Tensor:
-    """The (out, in) averaging matrix of CWI: output o averages inputs [floor(o*C/C'), ceil((o+1)*C/C'))."""
-    m = torch.zeros(channels_out, channels_in)
+def cwi_matrix(channels_in: int, channels_out: int, device: torch.device | str = "cpu",
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The (out, in) averaging matrix of CWI: output o averages inputs [floor(o*C/C'), ceil((o+1)*C/C')).
+
+    Cached per device and dtype, so a search on a GPU does not copy it there at every step."""
+    m = torch.zeros(channels_out, channels_in, dtype=dtype, device=device)
     for o in range(channels_out):
         lo = (o * channels_in) // channels_out
         hi = -((-(o + 1) * channels_in) // channels_out)
@@ -328,7 +331,7 @@ def cwi(x: torch.Tensor, channels: int) -> torch.Tensor:
     """
     if x.shape[1] == channels:
         return x
-    weight = cwi_matrix(x.shape[1], channels).to(device=x.device, dtype=x.dtype)
+    weight = cwi_matrix(x.shape[1], channels, x.device, x.dtype)
     return F.conv2d(x, weight[:, :, None, None])
 
 
@@ -624,20 +627,13 @@ class TASAgent(Agent):
         if record is None or not record["valid"]:
             self.notes["final"] = {"skipped": "the submitted student is invalid" if record else "nothing submitted"}
             return self.notes["final"]
-        ev = self.env.unwrapped.evaluator
-        arch = self.space.plain(*self.net.genotype())
+        arch = self.student_of(record)  # the submitted student, as recorded
         asked = self.config.final_config()
-        config = ev.fidelity.final_config(asked) if self.config.final_follow_fidelity else asked
-        model, report = ev.train_final(arch, config, seed=self.seed)
+        model, report = self.train_kept(arch, asked, self.config.final_follow_fidelity)
         final = {**report, "index": record["index"], "reward": record["reward"], "arch_key": record["arch_key"],
-                 "search_val_accuracy": record["accuracy"], "inherit": ev.inherit, "asked": asked.to_dict()}
-        if self.run_dir is not None:
-            path = Path(self.run_dir) / "best_student.pt"
-            save_student(path, arch, model, {**final, "agent": self.name})
-            final["path"] = str(path)
-        final["arch"] = arch_to_dict(arch)
-        self.notes["final"] = final
-        return final
+                 "search_val_accuracy": record["accuracy"], "inherit": self.env.unwrapped.evaluator.inherit,
+                 "asked": asked.to_dict()}
+        return self.keep_final(arch, model, final)
 
     # ------------------------------------------------------------------ resume
     def state(self) -> dict[str, Any]:

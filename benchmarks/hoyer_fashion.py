@@ -76,8 +76,9 @@ def main() -> None:
         for p in run_curve(env, name, decays, overrides):
             alive = " / ".join(str(p["widths"].get(n, 0)) for n in layers)
             macs, proxy = 100 * p["macs"] / ev.teacher_macs, 100 * p["alive_macs"] / ev.teacher_macs
+            test = "invalid" if p["test_accuracy"] is None else f"{p['test_accuracy']:.4f}"
             print(f"| {name} | {p['decay']:g} | {alive} | {p['macs']:,} | {macs:.1f} | {proxy:.1f} | "
-                  f"{p['params']:,} | {p['density']:.3f} | {p['accuracy']:.4f} | {p['test_accuracy']:.4f} | "
+                  f"{p['params']:,} | {p['density']:.3f} | {p['accuracy']:.4f} | {test} | "
                   f"{p['train_seconds']:.0f} |", flush=True)
     print(f"\ntotal {time.perf_counter() - start:.0f} s on {torch.get_num_threads()} threads")
 

@@ -185,7 +185,8 @@ class ChannelRatioEnv(CompressionEnv):
             inherit = "first_k" if selection == "first" else "indices"
         self._raw: list[float] = []
         super().__init__(arch, dataset, reward=reward, inherit=inherit, **kwargs)
-        self._scores = {gid: filter_norms(self.teacher.model, self.arch, gid) for gid in self.cost.gids}
+        self._scores = ({gid: filter_norms(self.teacher.model, self.arch, gid) for gid in self.cost.gids}
+                        if self.selection == "norm" else {})  # the "first" selection needs no norms
         self._teacher_cost = self.cost.cost({}, self.budget_metric)
 
     # ------------------------------------------------------------------ hooks

@@ -295,7 +295,7 @@ class RankingAffineEnv(CompressionEnv):
         (LeGR's deployment at several FLOPs levels from one learned ranking), without rebuilding the env.
         """
         cost, gids = self.cost, self.gids
-        fraction = self.flops_target if flops_target is None else float(flops_target)
+        fraction = self.flops_target if flops_target is None else check_fraction("flops_target", flops_target)
         guard = self.safeguard if safeguard is None else float(safeguard)
         group_scores = self.group_scores(alpha, kappa)
         units: list[list[np.ndarray]] = []  # per group: channel sets removed together, in pruning order

@@ -222,5 +222,6 @@ def test_kill_and_resume_repeats_no_evaluation(tmp_path):
     assert [r["index"] for r in after] == list(range(10)) and _same(after, reference)
     keys = [r["arch_key"] for r in after if not r["cached"]]
     assert len(keys) == len(set(keys))                                # no student trained twice
-    assert (out / "best_student.pt").exists()
+    meta = torch.load(out / "best_student.pt", weights_only=True)["meta"]  # LeGR's deployment saved it
+    assert meta["agent"] == "legr" and "flops_target" in meta and "finetune" in meta
 

@@ -219,5 +219,9 @@ def test_run_agent_smoke_end_to_end(tiny_config, tmp_path):
     assert summary["charged_seconds"] > 0
     assert summary["best_student"]["macs"] == records[0]["macs"]
     assert (out / "best_student.pt").exists()
-    # a finished run resumes to nothing
+    meta = torch.load(out / "best_student.pt", weights_only=True)["meta"]  # TAS's own final training saved it,
+    assert meta["agent"] == "tas" and meta["asked"]["loss"] == "kd"      # not the runner's fallback
+    assert summary["best_student"]["test_accuracy"] is not None and "path" in summary["best_student"]
+    # a finished run resumes to nothing: no evaluation is added
     assert cli("--resume", out) == 0
+    assert len((out / "evaluations.jsonl").read_text().splitlines()) == 1
