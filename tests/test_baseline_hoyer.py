@@ -257,3 +257,27 @@ def test_a_sigkill_between_submissions_resumes_to_the_uninterrupted_record(tiny_
     keys = ("index", "arch_key", "params", "accuracy", "reward", "valid")
     after, ref = read_records(killed / "evaluations.jsonl"), read_records(whole / "evaluations.jsonl")
     assert [[r[k] for k in keys] for r in after] == [[r[k] for k in keys] for r in ref]
+
+
+def test_the_agent_trains_with_its_decay_times_the_regulariser_and_fine_tunes_with_the_masks(tiny, monkeypatch):
+    """The wiring of run_point: the first phase's extra loss is decay * sum R(W) of the model's weights (none at
+    decay 0), the fine-tune gets the pruning masks and no regulariser."""
+    import baselines.hoyer as hoyer
+
+    calls = []
+    real = hoyer.train_phase
+    agent, env = make_agent(tiny, decays=[0.0, 0.5], threshold=0.07)
+
+    def spy(model, *args, reg=None, masks=None, tensors=None, **kw):
+        weights = weight_tensors(model, env.unwrapped.arch, "weights")
+        calls.append({"reg": None if reg is None else float(reg()), "masks": masks,
+                      "penalty": float(penalty(weights.values(), "ghs"))})
+        return real(model, *args, reg=reg, masks=masks, tensors=tensors, **kw)
+
+    monkeypatch.setattr(hoyer, "train_phase", spy)
+    agent.run()
+    assert len(calls) == 4  # a training and a fine-tune per decay
+    (train0, ft0), (train1, ft1) = calls[:2], calls[2:]
+    assert train0["reg"] is None and ft0["reg"] is None and ft0["masks"]
+    assert train1["reg"] == pytest.approx(0.5 * train1["penalty"], rel=1e-5)
+    assert ft1["reg"] is None and ft1["masks"]
