@@ -59,8 +59,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int)
     p.add_argument("--data-root", dest="data_root", help="folder with the datasets (torchvision layout)")
     p.add_argument("--download", action="store_true", help="let torchvision download the dataset")
+    p.add_argument("--seeds", type=int,
+                   help="a comparison: run every --agent (comma-separated) with seeds 0..N-1 at the same budget, "
+                        "teacher, fidelity and data, then write leaderboard.md/.csv, best_so_far.png, pareto.png")
+    p.add_argument("--validate", metavar="RUN_DIR",
+                   help="rebuild and re-score a run's top students; print recorded vs replayed rewards")
+    p.add_argument("--top", type=int, default=5, help="with --validate: how many students (default 5)")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="with --validate: largest |recorded - replayed| reward that agrees (default: 0 on CPU)")
     p.add_argument("--list", action="store_true", help="list environments and agents")
     return p.parse_args(argv)
+
+
+def _is_comparison(resume: str | None) -> bool:
+    """Whether --resume names a comparison directory (it holds compare.yaml) rather than one run."""
+    from pathlib import Path
+
+    return bool(resume) and (Path(resume) / "compare.yaml").exists()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,6 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     from agents.rundir import start
 
     try:
+        if args.validate:
+            from agents.validate import validate_command
+
+            return validate_command(args)
+        if args.seeds is not None or (args.agent and "," in args.agent) or _is_comparison(args.resume):
+            from agents.compare import compare_command
+
+            return compare_command(args)
         return start(args)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)

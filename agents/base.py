@@ -108,6 +108,11 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+#: Env kwargs a replay does not need: where files live, the device, rendering, and the teacher object or
+#: file (named by its identity and hash instead).
+REPLAY_DROP = ("cache_path", "device", "data_root", "download", "home", "render_mode", "teacher")
+
+
 @dataclass
 class RunLog:
     """What every environment of one run shares: the budget, the evaluations file and the records.
@@ -144,6 +149,21 @@ class Recorder(gym.Wrapper):
         super().__init__(env)
         self.log = log if isinstance(log, RunLog) else RunLog(log)
         self._actions: list[Any] = []
+        self._replay: dict[str, Any] | None = None
+
+    def replay_spec(self) -> dict[str, Any]:
+        """What rebuilds this env's scoring for a replay (``run_agent.py --validate``): the env id and its
+        kwargs (less where files live and the device), the teacher's identity and file hash, the fidelity."""
+        if self._replay is None:
+            from netcomp.teachers import teacher_identity
+
+            base = self.env.unwrapped
+            spec = base.spec
+            kwargs = {k: to_jsonable(v) for k, v in (spec.kwargs if spec else {}).items() if k not in REPLAY_DROP}
+            self._replay = {"env_id": spec.id if spec else None, "env_kwargs": kwargs,
+                            "teacher": teacher_identity(base.teacher), "fidelity": base.fidelity.name,
+                            "fidelity_key": base.fidelity.key()}
+        return self._replay
 
     @property
     def budget(self) -> Budget:
@@ -191,7 +211,7 @@ class Recorder(gym.Wrapper):
         """
         self._check_budget(1)
         info = self.env.unwrapped.score_student(student, weights, train=train)
-        extra = {"student": arch_to_dict(student)}
+        extra = {"student": arch_to_dict(student), "trained": weights is None or bool(train)}
         if facts:
             extra["facts"] = to_jsonable(dict(facts))
         if weights is not None and self.log.path is not None:
@@ -220,6 +240,7 @@ class Recorder(gym.Wrapper):
                 "compression", "arch_key", "eval_seconds", "invalid_reason")},
             "cached": cached,
             "wall_seconds": time.perf_counter() - self.log.start,
+            "replay": {**self.replay_spec(), "train_seed": int(self.env.unwrapped.train_seed)},
             **(extra or {}),
         }
         self.log.add(record)

@@ -20,7 +20,7 @@ def best_table(records: list[dict], top: int = 5) -> str:
     return "\n".join(lines)
 
 
-def _save_figure(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     write_atomic(path, lambda f: f.write(buffer.getvalue()))
@@ -44,7 +44,7 @@ def write_plots(records: list[dict], run_dir: Path) -> None:
     ax.set_ylabel("reward")
     ax.legend()
     fig.tight_layout()
-    _save_figure(fig, run_dir / "reward.png")
+    save_figure(fig, run_dir / "reward.png")
     plt.close(fig)
     valid = [r for r in records if r["valid"]]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -56,5 +56,5 @@ def write_plots(records: list[dict], run_dir: Path) -> None:
     ax.set_ylabel("validation accuracy")
     ax.legend()
     fig.tight_layout()
-    _save_figure(fig, run_dir / "accuracy_vs_params.png")
+    save_figure(fig, run_dir / "accuracy_vs_params.png")
     plt.close(fig)

@@ -53,6 +53,8 @@ RUN_DEFAULTS: dict[str, Any] = {
     "load_policy": None,
     "trust_pickle": False,   # allow --load-policy to unpickle an SB3 zip (code can run)
     "save_best": True,       # retrain and save the best student when the agent did not
+    "shared_final": False,   # give the best student the fidelity's shared final training even when the agent
+                             # kept its own (a comparison's leaderboard: the same final training for all)
 }
 DEFAULTS: dict[str, Any] = {"env": None, "agent": None, "run": RUN_DEFAULTS, "agent_config": {}}
 #: Top-level keys of a --config file.
@@ -277,7 +279,7 @@ def save_checkpoint(agent: Any, run_dir: Path) -> None:
 
 
 def save_best_student(agent: Any, records: list[dict], run_dir: Path) -> dict | None:
-    """Retrain the best valid student at the run's fidelity (its final caps) and save weights plus its spec."""
+    """Retrain the best valid student with the fidelity's shared final training and save weights plus its spec."""
     from netcomp.surgery import save_student
 
     valid = [r for r in records if r["valid"]]
@@ -291,6 +293,37 @@ def save_best_student(agent: Any, records: list[dict], run_dir: Path) -> dict | 
     model, report = base.evaluator.train_final(arch, seed=base.train_seed)
     meta = {"index": best["index"], "reward": best["reward"], "search_val_accuracy": best["accuracy"], **report}
     save_student(run_dir / "best_student.pt", arch, model, meta)
+    return meta
+
+
+def shared_final(agent: Any, records: list[dict], run_dir: Path, runner_meta: dict | None) -> dict | None:
+    """The best-reward student after the fidelity's shared final training (``shared_final.json``).
+
+    The same training for every agent (:meth:`Fidelity.final_config` with no schedule of the method's own),
+    so a comparison's test accuracies compare like with like. The runner's best student had exactly that
+    training and is reused; a file kept from before a kill is reused when it is still the best's.
+    """
+    valid = [r for r in records if r["valid"]]
+    if not valid:
+        return None
+    best = max(valid, key=lambda r: r["reward"])
+    path = run_dir / "shared_final.json"
+    if path.exists():
+        kept = json.loads(path.read_text())
+        if kept.get("index") == best["index"]:
+            return kept
+    if runner_meta and runner_meta.get("index") == best["index"]:
+        meta = runner_meta
+    else:
+        arch = agent.student_of(best)
+        if arch is None:
+            meta = {"index": best["index"], "skipped": f"agent {agent.name!r} cannot rebuild its best student"}
+        else:
+            base = agent.env.unwrapped
+            _, report = base.evaluator.train_final(arch, seed=base.train_seed)
+            meta = {"index": best["index"], "reward": best["reward"], "search_val_accuracy": best["accuracy"],
+                    **report}
+    write_text_atomic(path, json.dumps(meta, indent=1, default=str))
     return meta
 
 
@@ -320,8 +353,11 @@ def replay_check(expected: list[dict], budget: Budget):
 
 
 # ---------------------------------------------------------------------------- the run
-def start(args: argparse.Namespace) -> int:
-    """Run (or resume) what the flags say; a directory this call created is removed if nothing was recorded."""
+def start(args: argparse.Namespace, config: dict | None = None) -> int:
+    """Run (or resume) what the flags say; a directory this call created is removed if nothing was recorded.
+
+    ``config`` (a comparison's run) replaces the config the flags would resolve to.
+    """
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").exists():
@@ -330,7 +366,7 @@ def start(args: argparse.Namespace) -> int:
             raise ConfigError(f"--out {args.out} with --resume {run_dir}: a resumed run stays in its directory")
         created, config = False, None
     else:
-        config = resolve_config(args)
+        config = config if config is not None else resolve_config(args)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         label = config["agent"].rpartition(":")[2]  # a user's FILE.py:Class names the run by its class
         run_dir = Path(args.out or f"runs/{config['env']}-{label}-{stamp}")
@@ -371,6 +407,8 @@ def _missing(run_dir: Path, config: dict) -> list[str]:
         names.append("best_student.pt")
     if hasattr(get_agent(config["agent"]), "save_policy"):
         names.append("policy.pt")
+    if config["run"].get("shared_final") and summary.get("shared_final"):
+        names.append("shared_final.json")
     return [n for n in names if not (run_dir / n).exists()]
 
 
@@ -452,8 +490,11 @@ def finish(config: dict, run_dir: Path, agent: Any, budget: Budget, resumed: boo
         best_meta = _student_meta(run_dir / "best_student.pt")
         if (best_meta or {}).get("index") != best_index:
             best_meta = None
+    runner_meta = None
     if (best_meta is None or not (run_dir / "best_student.pt").exists()) and config["run"]["save_best"]:
-        best_meta = save_best_student(agent, records, run_dir) or best_meta
+        runner_meta = save_best_student(agent, records, run_dir)
+        best_meta = runner_meta or best_meta
+    shared = shared_final(agent, records, run_dir, runner_meta) if config["run"].get("shared_final") else None
     write_plots(records, run_dir)
     if hasattr(agent, "save_policy"):  # the policy as it ends (after an extension too)
         agent.save_policy(run_dir / "policy.pt")
@@ -463,6 +504,7 @@ def finish(config: dict, run_dir: Path, agent: Any, budget: Budget, resumed: boo
         "trained": sum(1 for r in records if not r.get("cached")), "eval_seconds": budget.eval_seconds,
         "charged_seconds": budget.charged_seconds, "wall_seconds": seconds, "resumed": resumed,
         "best": max(records, key=lambda r: r["reward"], default=None), "best_student": best_meta,
+        "shared_final": shared,
         "notes": {k: v for k, v in agent.notes.items() if k != "final"},
     }
     write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1, default=str))

@@ -53,8 +53,15 @@ class Fidelity:
     inherit: str | None = None
 
     def final_config(self, base: TrainConfig | None = None) -> TrainConfig:
-        """The final-training config: ``base`` (default: this fidelity's KD run) with ``final``'s caps."""
-        base = base or self.train
+        """The final-training config of a kept student.
+
+        ``base`` (a method's own schedule) is capped by ``final``'s values. Without ``base`` it is the shared
+        final training every agent's best student gets (the runner's best student, a comparison's
+        leaderboard): this fidelity's KD run with ``final``'s values set, so at ``rank`` it trains 2 epochs over
+        8,192 images, longer than the 16 scoring steps (a cap would make it the scoring run again).
+        """
+        if base is None:
+            return TrainConfig.from_dict({**self.train.to_dict(), **(self.final or {})})
         if not self.final:
             return base
         asked = base.to_dict()
@@ -326,8 +333,8 @@ class Evaluator:
     def train_final(self, student: Arch, config: TrainConfig | None = None,
                     seed: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
         """Train a student to keep, not just to score: build it, inherit as the evaluator does, distil it
-        with ``config`` (default: the fidelity's KD run capped by its ``final`` section, so a smoke run's
-        final training takes seconds; a given config is used as it is) and report validation and test
+        with ``config`` (default: the fidelity's shared final training, :meth:`Fidelity.final_config`; a
+        given config is used as it is) and report validation and test
         accuracy beside the teacher's test accuracy. The global torch RNG is left as it was."""
         config = self.fidelity.final_config() if config is None else config
         seed = self.seed if seed is None else seed

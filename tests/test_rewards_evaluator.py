@@ -101,3 +101,14 @@ def test_a_fidelitys_final_section_caps_and_never_lengthens():
     assert smoke.final_config(TrainConfig(epochs=100, max_steps=1)).max_steps == 1   # shorter stays shorter
     assert smoke.final_config(TrainConfig(epochs=0.5)).epochs == 0.5
     assert load_fidelity("paper", "removal").final_config(TrainConfig(epochs=100)).epochs == 100  # no caps
+
+
+def test_the_shared_final_training_sets_the_final_section_over_the_kd_run():
+    rank = load_fidelity("rank", "removal")
+    final = rank.final_config()
+    # rank scores with one pass over 2,048 images; its final training is 2 epochs over 8,192 images
+    assert (rank.train.epochs, rank.train.train_max) == (1, 2048)
+    assert (final.epochs, final.train_max) == (rank.final["epochs"], rank.final["train_max"]) == (2, 8192)
+    assert (final.loss, final.lr, final.optimizer) == (rank.train.loss, rank.train.lr, rank.train.optimizer)
+    paper = load_fidelity("paper", "removal")
+    assert paper.final_config() == paper.train  # no final section: the KD run as it is

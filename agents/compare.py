@@ -1,0 +1,395 @@
+"""A comparison: several agents x seeds on one env at one budget, and its leaderboard and plots.
+
+``python run_agent.py --env ENV --agent n2n,random,... --seeds 3 --budget B`` runs every (agent, seed) as an
+ordinary run directory inside one comparison directory, with the same env, teacher, fidelity, data and
+budget for all (an agent's own config file may not change them), then writes:
+
+- ``compare.yaml``: what the comparison is (written before anything trains, so ``--resume DIR`` continues it);
+- ``leaderboard.md`` / ``leaderboard.csv``: per agent, mean and std over seeds of the best reward, its
+  accuracy, compression and MACs, the evaluations and training seconds taken to reach 95% of the final best,
+  and the test accuracy of the best student after the fidelity's shared final training (the same for
+  every agent); sorted by mean best reward;
+- ``best_so_far.png`` (best reward against evaluations and against training seconds, a min-max band over
+  seeds per agent) and ``pareto.png`` (accuracy against params and MACs, every agent's students, the teacher
+  marked). Each run keeps its TensorBoard events (``<run>/tb``): ``tensorboard --logdir DIR`` shows them all.
+
+Agents whose spaces or modes do not fit the env are refused before anything trains, each with the reason.
+A killed comparison resumes with ``--resume DIR``: finished runs are not re-run and an unfinished one
+resumes from its own records, so no evaluation is repeated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from agents.base import Budget, RunLog, read_records
+from agents.report import save_figure
+from agents.rundir import (
+    RUN_DEFAULTS,
+    ConfigError,
+    agent_yaml,
+    locked,
+    prepare,
+    read_user_config,
+    resolve_config,
+    start,
+)
+from netcomp.files import write_text_atomic
+
+COMPARE_FILE = "compare.yaml"
+#: Run settings every run of a comparison shares (the flags set them; agents' config files cannot).
+SHARED_KEYS = ("budget", "budget_seconds", "fidelity", "device", "data_root", "download", "teacher")
+#: "Reached 95% of its final best": the first evaluation whose best so far is within 5% of |final best|.
+REACH_FRACTION = 0.95
+
+
+# ---------------------------------------------------------------------------- the command
+def compare_command(args: argparse.Namespace) -> int:
+    """Run (or resume) a comparison and print its leaderboard; 0 when every run finished."""
+    if args.resume:
+        out = Path(args.resume)
+        spec = _resume_spec(out, args)
+    else:
+        spec = comparison_spec(args)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = Path(args.out or f"runs/compare-{spec['env']}-{stamp}")
+        if (out / COMPARE_FILE).exists():
+            raise ConfigError(f"{out} already holds a comparison; use --resume {out} or another --out")
+    configs = run_configs(spec)  # every agent checked before anything trains
+    with locked(out):
+        if not (out / COMPARE_FILE).exists():
+            write_text_atomic(out / COMPARE_FILE, yaml.safe_dump(spec, sort_keys=False))
+        for i, ((agent, seed), config) in enumerate(configs.items(), 1):
+            run_dir = out / run_label(agent, seed)
+            print(f"\n[{i}/{len(configs)}] {agent} seed {seed} -> {run_dir}", flush=True)
+            _run_one(config, run_dir)
+            _say_best(run_dir)
+        rows = write_leaderboard(out, spec)
+    print(f"\nLeaderboard ({len(spec['agents'])} agents x {len(spec['seeds'])} seeds, {out}):")
+    print(markdown_table(rows))
+    return 0
+
+
+def comparison_spec(args: argparse.Namespace) -> dict[str, Any]:
+    """What the flags ask for: env, agents, seeds, preset and the shared run settings."""
+    if not args.env or not args.agent:
+        raise ConfigError("a comparison needs --env and --agent a,b,...")
+    if args.load_policy or args.mode:
+        raise ConfigError("--load-policy and --mode apply to one run, not a comparison; each agent runs with its "
+                          "own configs/<agent>.yaml (and --preset where it has one)")
+    agents = [a.strip() for a in args.agent.split(",") if a.strip()]
+    if len(set(agents)) != len(agents):
+        raise ConfigError(f"--agent lists an agent twice: {args.agent}")
+    seeds = args.seeds if args.seeds is not None else 1
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    first = args.seed or 0
+    run = {key: RUN_DEFAULTS[key] for key in SHARED_KEYS}
+    run.update(_shared_config(args.config))
+    for key in SHARED_KEYS:
+        value = getattr(args, key, None)
+        if value not in (None, False):
+            run[key] = value
+    if args.budget is None and args.budget_seconds is not None:
+        run["budget"] = None
+    return {"env": args.env, "agents": agents, "seeds": list(range(first, first + seeds)), "preset": args.preset,
+            "run": run}
+
+
+def _shared_config(path: str | None) -> dict[str, Any]:
+    """A comparison's --config: only ``run:`` settings, shared by every run (data, env options, fidelity)."""
+    user = read_user_config(path)
+    if set(user) - {"run"}:
+        raise ConfigError(f"--config {path} of a comparison may only hold `run:` settings shared by every agent "
+                          f"(agents keep their own configs/<agent>.yaml); found {sorted(user)}")
+    run = user.get("run") or {}
+    personal = sorted(set(run) - set(SHARED_KEYS) - {"dataset_kwargs", "env_kwargs"})
+    if personal:
+        raise ConfigError(f"--config {path}: {personal} cannot be shared by a comparison's runs")
+    return run
+
+
+def _resume_spec(out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The saved spec of a comparison; flags that would change it are refused."""
+    spec = yaml.safe_load((out / COMPARE_FILE).read_text())
+    for flag in ("env", "agent", "seeds", "budget", "budget_seconds", "fidelity", "preset", "teacher", "config"):
+        if getattr(args, flag, None) is not None:
+            raise ConfigError(f"--{flag.replace('_', '-')} cannot change the comparison in {out}; it is fixed by "
+                              f"{out / COMPARE_FILE}")
+    if args.device:
+        spec["run"]["device"] = args.device
+    return spec
+
+
+def run_label(agent: str, seed: int) -> str:
+    """A run's directory name: the agent (a user's FILE.py:Class by its class) and the seed."""
+    return f"{agent.rpartition(':')[2]}-s{seed}"
+
+
+def run_configs(spec: dict[str, Any]) -> dict[tuple[str, int], dict]:
+    """The resolved config of every (agent, seed), each checked against the env and budget.
+
+    Every agent that cannot run (space, mode, budget units, config) is named in one ConfigError, before
+    anything trains.
+    """
+    configs, problems, bases = {}, [], {}
+    for agent in spec["agents"]:
+        try:
+            preset = spec["preset"] if spec["preset"] and _has_preset(agent, spec["preset"]) else None
+            bases[agent] = resolve_config(argparse.Namespace(env=spec["env"], agent=agent, config=None, preset=preset,
+                                                             download=False))
+            bases[agent]["preset"] = preset
+        except (ValueError, FileNotFoundError) as exc:
+            problems.append(f"{agent}: {exc}")
+    shared = {"--config": {"run": {k: spec["run"].get(k) or {} for k in ("env_kwargs", "dataset_kwargs")}}}
+    env_settings = shared_env_settings({**shared, **bases})
+    for agent, base in bases.items():
+        try:
+            for seed in spec["seeds"]:
+                config = json.loads(json.dumps(base))  # a deep copy of plain data
+                config["run"].update(spec["run"], **env_settings, seed=seed, save_best=True, shared_final=True)
+                budget = Budget(config["run"]["budget"], config["run"]["budget_seconds"])
+                prepare(config, RunLog(budget))
+                configs[(agent, seed)] = config
+        except (ValueError, FileNotFoundError) as exc:
+            problems.append(f"{agent}: {exc}")
+    if problems:
+        raise ConfigError(f"cannot compare on {spec['env']}: " + " | ".join(problems))
+    return configs
+
+
+def shared_env_settings(bases: dict[str, dict]) -> dict[str, dict]:
+    """The env settings every run gets: the union of the agents' own ``env_kwargs`` / ``dataset_kwargs``
+    (TAS's space options, say), so every agent acts on the same env. Two agents asking for different values
+    of one setting cannot be compared on one env: ConfigError naming both."""
+    merged: dict[str, dict] = {"env_kwargs": {}, "dataset_kwargs": {}}
+    owner: dict[tuple[str, str], str] = {}
+    for agent, config in bases.items():
+        for section in merged:
+            for key, value in (config["run"].get(section) or {}).items():
+                if key in merged[section] and merged[section][key] != value:
+                    raise ConfigError(f"{owner[section, key]} runs with {section} {key}={merged[section][key]!r} "
+                                      f"but {agent} with {key}={value!r}: they act on different envs")
+                merged[section][key], owner[section, key] = value, agent
+    return merged
+
+
+def _has_preset(agent: str, preset: str) -> bool:
+    try:
+        agent_yaml(agent, preset)
+    except ConfigError:
+        return False
+    return True
+
+
+def _run_one(config: dict, run_dir: Path) -> None:
+    """Start the run, or resume it (a finished run says so and is not re-run)."""
+    flags = dict(env=None, agent=None, budget=None, budget_seconds=None, fidelity=None, mode=None, preset=None,
+                 config=None, out=None, resume=None, teacher=None, load_policy=None, trust_pickle=False,
+                 device=None, seed=None, data_root=None, download=False)
+    if (run_dir / "config.yaml").exists():
+        start(argparse.Namespace(**{**flags, "resume": str(run_dir)}))
+    else:
+        start(argparse.Namespace(**{**flags, "out": str(run_dir)}), config=config)
+
+
+def _say_best(run_dir: Path) -> None:
+    records = read_records(run_dir / "evaluations.jsonl")
+    if records:
+        best = max(records, key=lambda r: r["reward"])
+        print(f"{run_dir.name}: best reward {best['reward']:.4f} (evaluation {best['index']}) "
+              f"of {len(records)}", flush=True)
+
+
+# ---------------------------------------------------------------------------- the numbers
+@dataclass
+class RunResult:
+    """One finished run's figures for the leaderboard."""
+
+    agent: str
+    seed: int
+    evaluations: int
+    best_reward: float
+    accuracy: float | None
+    compression: float | None
+    macs: int | None
+    evals_to_reach: int
+    seconds_to_reach: float
+    final_test: float | None
+
+
+def reach_threshold(best: float) -> float:
+    """95% of the final best: ``0.95 * best`` for a positive best, and as far below a negative one."""
+    return best - (1.0 - REACH_FRACTION) * abs(best)
+
+
+def best_so_far(records: list[dict]) -> tuple[list[float], list[float]]:
+    """(best reward so far, training seconds so far) after each evaluation; a cache hit trains nothing."""
+    best, seconds, top, spent = [], [], -math.inf, 0.0
+    for r in records:
+        top = max(top, float(r["reward"]))
+        spent += 0.0 if r.get("cached") else float(r.get("eval_seconds") or 0.0)
+        best.append(top)
+        seconds.append(spent)
+    return best, seconds
+
+
+def run_result(agent: str, seed: int, run_dir: Path) -> RunResult | None:
+    """The figures of one run from its records and summary (None if it recorded nothing)."""
+    records = read_records(run_dir / "evaluations.jsonl")
+    if not records:
+        return None
+    best = max(records, key=lambda r: r["reward"])  # the first of equal rewards
+    curve, seconds = best_so_far(records)
+    threshold = reach_threshold(curve[-1])
+    reached = next(i for i, value in enumerate(curve) if value >= threshold)
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
+    final = summary.get("shared_final") or {}
+    return RunResult(agent, seed, len(records), float(best["reward"]), best.get("accuracy"),
+                     best.get("compression"), best.get("macs"), reached + 1, seconds[reached],
+                     final.get("test_accuracy") if final.get("valid") else None)
+
+
+#: Leaderboard columns: (name, RunResult field, format).
+COLUMNS = (("best reward", "best_reward", "{:.4f}"), ("val acc", "accuracy", "{:.4f}"),
+           ("compression", "compression", "{:.3f}"), ("MACs", "macs", "{:,.0f}"),
+           ("evals to 95%", "evals_to_reach", "{:.1f}"), ("train s to 95%", "seconds_to_reach", "{:.1f}"),
+           ("final test acc", "final_test", "{:.4f}"))
+
+
+def mean_std(values: list[float | None]) -> tuple[float | None, float | None, int]:
+    """(mean, sample std with ddof 1 (0 for one value), count) of the values that are there."""
+    have = [float(v) for v in values if v is not None]
+    if not have:
+        return None, None, 0
+    std = float(np.std(have, ddof=1)) if len(have) > 1 else 0.0
+    return float(np.mean(have)), std, len(have)
+
+
+def leaderboard(results: list[RunResult]) -> list[dict[str, Any]]:
+    """One row per agent: its seeds' count and mean/std of every column, sorted by mean best reward."""
+    rows = []
+    for agent in dict.fromkeys(r.agent for r in results):
+        mine = [r for r in results if r.agent == agent]
+        row: dict[str, Any] = {"agent": agent, "seeds": len(mine), "evaluations": sum(r.evaluations for r in mine)}
+        for _, field_name, _ in COLUMNS:
+            mean, std, count = mean_std([getattr(r, field_name) for r in mine])
+            row[f"{field_name}_mean"], row[f"{field_name}_std"], row[f"{field_name}_n"] = mean, std, count
+        rows.append(row)
+    return sorted(rows, key=lambda r: -r["best_reward_mean"])
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The leaderboard as a Markdown table: mean ± std over seeds (n, when fewer seeds have the value)."""
+    head = ["agent", "seeds", *(name for name, _, _ in COLUMNS)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row["agent"], str(row["seeds"])]
+        for _, field_name, fmt in COLUMNS:
+            mean, std, n = row[f"{field_name}_mean"], row[f"{field_name}_std"], row[f"{field_name}_n"]
+            cell = "-" if mean is None else f"{fmt.format(mean)} ± {fmt.format(std)}"
+            cells.append(cell + (f" (n={n})" if mean is not None and n != row["seeds"] else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    """The leaderboard as CSV: agent, seeds, evaluations, then mean, std and n of every column."""
+    buffer = io.StringIO()
+    fields = ["agent", "seeds", "evaluations"] + [f"{f}_{s}" for _, f, _ in COLUMNS for s in ("mean", "std", "n")]
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_leaderboard(out: Path, spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """leaderboard.md, leaderboard.csv and the two plots of a comparison directory (atomically)."""
+    results = [r for agent in spec["agents"] for seed in spec["seeds"]
+               if (r := run_result(agent, seed, out / run_label(agent, seed))) is not None]
+    rows = leaderboard(results)
+    header = (f"# Leaderboard: {spec['env']}\n\n{len(spec['agents'])} agents x seeds {spec['seeds']}, budget "
+              f"{spec['run']['budget']} evaluations"
+              + (f" / {spec['run']['budget_seconds']} training seconds" if spec["run"]["budget_seconds"] else "")
+              + f", fidelity {spec['run']['fidelity']}. Mean ± std over seeds; 95%: the first evaluation whose best "
+              f"so far is within 5% of the run's final best; final test acc: the best student after the "
+              f"fidelity's shared final training.\n\n")
+    write_text_atomic(out / "leaderboard.md", header + markdown_table(rows) + "\n")
+    write_text_atomic(out / "leaderboard.csv", csv_text(rows))
+    write_comparison_plots(out, spec)
+    return rows
+
+
+# ---------------------------------------------------------------------------- the plots
+def write_comparison_plots(out: Path, spec: dict[str, Any]) -> None:
+    """best_so_far.png and pareto.png of a comparison directory."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = {agent: [read_records(out / run_label(agent, seed) / "evaluations.jsonl") for seed in spec["seeds"]]
+            for agent in spec["agents"]}
+    runs = {agent: [r for r in recs if r] for agent, recs in runs.items()}
+    fig, (by_evals, by_seconds) = plt.subplots(1, 2, figsize=(11, 4))
+    for agent, seeds in runs.items():
+        if seeds:
+            _band(by_evals, agent, [np.arange(1, len(r) + 1) for r in seeds], [best_so_far(r)[0] for r in seeds])
+            _band(by_seconds, agent, [best_so_far(r)[1] for r in seeds], [best_so_far(r)[0] for r in seeds])
+    for ax, label in ((by_evals, "evaluations"), (by_seconds, "training seconds")):
+        ax.set(xlabel=label, ylabel="best reward so far")
+        ax.legend(fontsize=8)
+    _close(fig, out / "best_so_far.png")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    teacher = next((r[0] for seeds in runs.values() for r in seeds), None)
+    for ax, size in zip(axes, ("params", "macs")):
+        for agent, seeds in runs.items():
+            valid = [r for recs in seeds for r in recs if r["valid"]]
+            ax.scatter([r[size] for r in valid], [r["accuracy"] for r in valid], s=10, alpha=0.6, label=agent)
+        if teacher is not None:
+            ax.scatter([teacher[f"teacher_{size}"]], [teacher["teacher_accuracy"]], marker="*", s=180, c="red",
+                       label="teacher")
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set(xlabel=size, ylabel="validation accuracy (search fidelity)")
+        ax.legend(fontsize=8)
+    _close(fig, out / "pareto.png")
+
+
+def _close(fig: Any, path: Path) -> None:
+    """Lay out, write atomically and release a figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def _band(ax: Any, label: str, xs: list, ys: list) -> None:
+    """The mean best-so-far curve of the seeds and their min-max band, on a common x grid (step functions),
+    drawn from the first point where every seed has a value."""
+    grid = np.unique(np.concatenate([np.asarray(x, dtype=float) for x in xs]))
+    values = np.array([_step_at(np.asarray(x, float), np.asarray(y, float), grid) for x, y in zip(xs, ys)])
+    every = ~np.isnan(values).any(axis=0)  # from the point where every seed has a value
+    grid, values = grid[every], values[:, every]
+    line = ax.step(grid, values.mean(axis=0), where="post", label=f"{label} (n={len(xs)})")[0]
+    ax.fill_between(grid, values.min(axis=0), values.max(axis=0), step="post", alpha=0.2, color=line.get_color())
+
+
+def _step_at(x: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """A best-so-far curve read at ``grid``: the value after the last evaluation at or before each point
+    (NaN before the first), the last value after the run's end."""
+    index = np.searchsorted(x, grid, side="right") - 1
+    return np.where(index >= 0, y[np.clip(index, 0, len(y) - 1)], np.nan)

@@ -1,0 +1,193 @@
+"""``run_agent.py --validate RUN_DIR``: rebuild and re-score a run's top students, compare with the record.
+
+Why: a recorded reward is only worth something if the student can be rebuilt and scores the same again. Each
+evaluation record carries a ``replay`` spec (env id and kwargs, the teacher's identity and hash, the fidelity,
+the training seed; see ``Recorder.replay_spec``). This module remakes that env with no evaluation cache (so the
+student is really trained again), checks the teacher is the recorded one (by SHA-256) and re-scores the top K
+records: an action through ``evaluate_many``, a white-box agent's submitted student through ``score_student``
+(from its saved weights when the run kept them). On CPU a replay must reproduce the reward exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agents.base import read_records
+
+#: Default tolerance on a GPU: cuDNN/cuBLAS kernels are not bitwise deterministic across runs.
+CUDA_TOLERANCE = 1e-3
+
+
+def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
+    """The run's config and its evaluation records; FileNotFoundError naming whichever file is missing."""
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run directory")
+    for name in ("config.yaml", "evaluations.jsonl"):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"{run_dir / name} is missing: {run_dir} holds no run to validate")
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{run_dir / 'config.yaml'} is not a run config (a mapping)")
+    return config, read_records(run_dir / "evaluations.jsonl")
+
+
+def top_records(records: list[dict], top: int) -> list[dict]:
+    """The ``top`` records with the highest recorded reward (ties: lower index first)."""
+    if top < 1:
+        raise ValueError(f"--top must be >= 1, got {top}")
+    return sorted(records, key=lambda r: (-float(r["reward"]), int(r["index"])))[:top]
+
+
+def resolve_device(device: str | None, config: dict) -> str:
+    """The replay's device: the flag, else the run's, else the env default (resolved now, so the header and
+    the default tolerance name the device the students really train on)."""
+    from envs.base import default_device
+
+    return device or (config.get("run") or {}).get("device") or default_device()
+
+
+def default_tolerance(device: str) -> float:
+    """0 on CPU (training there is deterministic: a replay must be exact), ``CUDA_TOLERANCE`` otherwise."""
+    import torch
+
+    return 0.0 if torch.device(device).type == "cpu" else CUDA_TOLERANCE
+
+
+def choose_teacher(teacher: str | None, config: dict, replay: dict) -> str | None:
+    """The teacher file to replay with: the flag, the run's ``run.teacher``, the recorded file if it is still
+    there, else None (the env trains or loads its default teacher; the hash check says if it is the same)."""
+    recorded = (replay.get("teacher") or {}).get("path")
+    run_teacher = (config.get("run") or {}).get("teacher")
+    return teacher or run_teacher or (recorded if recorded and Path(recorded).is_file() else None)
+
+
+def make_replay_env(replay: dict, device: str, data_root: str | None, download: bool, teacher: str | None) -> Any:
+    """The recorded env, remade without the run's cache (cache_path=None: every student is retrained)."""
+    import gymnasium as gym
+
+    import envs  # noqa: F401 (registers the netcomp/ ids)
+
+    extra = {"teacher": teacher} if teacher else {}
+    return gym.make(replay["env_id"], disable_env_checker=True, cache_path=None, device=device,
+                    data_root=data_root, download=download, **replay["env_kwargs"], **extra)
+
+
+def teacher_mismatch(env: Any, replay: dict) -> str | None:
+    """Why the env's teacher is not the recorded one (both hashes), or None when the SHA-256 matches."""
+    from netcomp.teachers import teacher_identity
+
+    recorded = (replay.get("teacher") or {}).get("sha256")
+    actual = teacher_identity(env.unwrapped.teacher)["sha256"]
+    if recorded == actual:
+        return None
+    return f"teacher differs: recorded sha256 {recorded}, replay teacher {actual}"
+
+
+def replay_reward(env: Any, record: dict, run_dir: Path) -> float:
+    """Re-score one record on its env: the action (one-shot or an episode's steps) or the submitted student,
+    at the recorded training seed, with the in-memory cache emptied so nothing is reused."""
+    import torch
+
+    from netcomp.arch import arch_from_dict
+
+    base = env.unwrapped
+    base.train_seed = int(record["replay"]["train_seed"])
+    base.evaluator.cache.clear()
+    if record.get("student") is None:
+        return float(base.evaluate_many([record["action"]])[0]["reward"])
+    weights = None
+    if record.get("weights"):
+        weights = torch.load(run_dir / record["weights"], map_location="cpu", weights_only=True)
+    student = arch_from_dict(record["student"])
+    return float(base.score_student(student, weights, train=record.get("trained", True))["reward"])
+
+
+def row(record: dict, replayed: float | None, tolerance: float, reason: str | None = None) -> dict:
+    """One result: index, recorded and replayed reward, |difference|, agreement, and why it failed if so."""
+    recorded = float(record["reward"])
+    diff = None if replayed is None else abs(recorded - replayed)
+    out = {"index": int(record["index"]), "space": record.get("space"), "recorded": recorded,
+           "replayed": replayed, "diff": diff, "agree": diff is not None and diff <= tolerance}
+    if reason:
+        out["reason"] = reason
+    return out
+
+
+def env_key(replay: dict) -> str:
+    """What identifies one replay env: its id and kwargs (records of the same env share one instance)."""
+    return json.dumps([replay["env_id"], replay["env_kwargs"]], sort_keys=True)
+
+
+def validate_run(run_dir: str | Path, top: int = 5, tolerance: float | None = None, device: str | None = None,
+                 teacher: str | None = None, data_root: str | None = None, download: bool = False) -> list[dict]:
+    """Replay the run's ``top`` best records; one dict per record (see :func:`row`), best first.
+
+    A record without a replay spec (an older run), or whose env's teacher hash differs from the recorded one,
+    is reported as not agreeing with a ``reason``, and nothing is trained for it.
+    """
+    run_dir = Path(run_dir)
+    config, records = read_run(run_dir)
+    run = config.get("run") or {}
+    device = resolve_device(device, config)
+    tolerance = default_tolerance(device) if tolerance is None else float(tolerance)
+    data_root = data_root or run.get("data_root")
+    download = bool(download or run.get("download"))
+    built: dict[str, tuple[Any, str | None]] = {}
+    rows = []
+    for record in top_records(records, top):
+        replay = record.get("replay")
+        if not replay:
+            rows.append(row(record, None, tolerance, "not replayable: the record has no replay spec (older run)"))
+            continue
+        key = env_key(replay)
+        if key not in built:
+            env = make_replay_env(replay, device, data_root, download, choose_teacher(teacher, config, replay))
+            built[key] = (env, teacher_mismatch(env, replay))
+        env, mismatch = built[key]
+        if mismatch:
+            rows.append(row(record, None, tolerance, mismatch))
+            continue
+        rows.append(row(record, replay_reward(env, record, run_dir), tolerance, fidelity_note(env, replay)))
+    for env, _ in built.values():
+        env.close()
+    return rows
+
+
+def fidelity_note(env: Any, replay: dict) -> str | None:
+    """A note when the fidelity's settings changed since the run (its key differs): a likely cause of a
+    disagreement, so it is reported with the row."""
+    key = env.unwrapped.fidelity.key()
+    recorded = replay.get("fidelity_key")
+    if recorded is None or recorded == key:
+        return None
+    return f"fidelity {replay.get('fidelity')!r} settings changed since the run (key {recorded} -> {key})"
+
+
+def format_row(r: dict) -> str:
+    """One printed line of a result."""
+    replayed = "-" if r["replayed"] is None else f"{r['replayed']:.6f}"
+    diff = "-" if r["diff"] is None else f"{r['diff']:.3g}"
+    line = f"{r['index']:>6}  {r['recorded']:>10.6f}  {replayed:>10}  {diff:>9}  {'yes' if r['agree'] else 'NO':>5}"
+    return line + (f"  {r['reason']}" if r.get("reason") else "")
+
+
+def validate_command(args: argparse.Namespace) -> int:
+    """``--validate RUN_DIR``: print recorded vs replayed rewards of the top students; 0 if all agree, else 1."""
+    run_dir = Path(args.validate)
+    config, _ = read_run(run_dir)
+    device = resolve_device(args.device, config)
+    tolerance = default_tolerance(device) if args.tolerance is None else float(args.tolerance)
+    print(f"validating {run_dir}: top {args.top} students, device {device}, tolerance {tolerance:g}")
+    rows = validate_run(run_dir, top=args.top, tolerance=tolerance, device=device, teacher=args.teacher,
+                        data_root=args.data_root, download=args.download)
+    print(f"{'index':>6}  {'recorded':>10}  {'replayed':>10}  {'|diff|':>9}  {'agree':>5}")
+    for r in rows:
+        print(format_row(r))
+    agreed = sum(r["agree"] for r in rows)
+    print(f"{agreed}/{len(rows)} agree within {tolerance:g}")
+    return 0 if agreed == len(rows) else 1
