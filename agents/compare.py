@@ -78,7 +78,33 @@ def compare_command(args: argparse.Namespace) -> int:
         rows = write_leaderboard(out, spec)
     print(f"\nLeaderboard ({len(spec['agents'])} agents x {len(spec['seeds'])} seeds, {out}):")
     print(markdown_table(rows))
+    print("\nEach agent's best student (highest search reward over its seeds) after the shared final training:")
+    for line in best_students(out, spec):
+        print(line)
     return 0
+
+
+def best_students(out: Path, spec: dict[str, Any]) -> list[str]:
+    """One line per agent: its best-reward run's student after the shared final training, against the teacher
+    (test accuracy on the same images, parameters)."""
+    lines = []
+    for agent in spec["agents"]:
+        finals = []
+        for seed in spec["seeds"]:
+            summary_path = out / run_label(agent, seed) / "summary.json"
+            summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+            final = summary.get("shared_final") or {}
+            if final.get("valid"):
+                finals.append((final["reward"], seed, final))
+        if not finals:
+            lines.append(f"  {agent}: no valid student")
+            continue
+        reward, seed, f = max(finals, key=lambda t: t[0])
+        lines.append(f"  {agent} (seed {seed}, reward {reward:.4f}): test accuracy {f['test_accuracy']:.4f} "
+                     f"(teacher {f['teacher_test_accuracy']:.4f} on the same {f['test_images']:,} images), "
+                     f"{f['params']:,} params ({f['teacher_params'] / f['params']:.1f}x smaller than the "
+                     f"teacher's {f['teacher_params']:,})")
+    return lines
 
 
 def comparison_spec(args: argparse.Namespace) -> dict[str, Any]:

@@ -13,6 +13,9 @@ Pipelines (same images, batch size, optimiser, loss, teacher forward per batch):
    and normalised on the device; on CUDA it uses bf16 autocast, channels_last and a fused Adam by itself.
    With ``--students K`` it trains K students together on one batch stream with one teacher forward per
    batch; its images/s then counts student-images (batch images x students).
+   The same run is repeated with a warm :class:`netcomp.distill.TeacherLogitCache` (filled by the first
+   run on the same seed: no teacher forward at all, as for every student after the first in a search), and
+   with ``--together K`` students trained at once.
 2. ``plain``: a tutorial-style loop: ``torch.utils.data.DataLoader`` over a map-style dataset of uint8 HWC
    images that makes a PIL image per item and applies ``RandomCrop(32, padding=4)``,
    ``RandomHorizontalFlip``, ``ToTensor`` and ``Normalize`` per image; fp32 (on CUDA, convolutions use
@@ -57,7 +60,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout without install
     sys.path.insert(0, str(ROOT))
 
 from netcomp.data import Dataset, Split  # noqa: E402
-from netcomp.distill import TrainConfig, train_students  # noqa: E402
+from netcomp.distill import TeacherLogitCache, TrainConfig, train_students  # noqa: E402
 from netcomp.surgery import build_module  # noqa: E402
 from netcomp.zoo import build_arch  # noqa: E402
 
@@ -139,12 +142,13 @@ def device_name(device: torch.device) -> str:
 
 # ---------------------------------------------------------------------------------------------- pipelines
 def run_engine(teacher: nn.Module, ds: Dataset, config: TrainConfig, arch: str, students: int,
-               device: torch.device, seed: int) -> float:
-    """Seconds for one :func:`train_students` call over the whole training split (fresh students)."""
+               device: torch.device, seed: int, cache: TeacherLogitCache | None = None) -> float:
+    """Seconds for one :func:`train_students` call over the whole training split (fresh students), with the
+    teacher-logit ``cache`` when given."""
     nets = [make_net(arch, seed + 1 + i) for i in range(students)]
     sync(device)
     start = time.perf_counter()
-    results = train_students(nets, ds, config, teacher=teacher, device=device, seed=seed)
+    results = train_students(nets, ds, config, teacher=teacher, device=device, seed=seed, teacher_cache=cache)
     sync(device)
     seconds = time.perf_counter() - start
     bad = [r.invalid_reason for r in results if not r.valid]
@@ -236,6 +240,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="images per measured run (rounded down to whole batches); default 50000 on CUDA, 1024 on CPU")
     p.add_argument("--batch-size", type=int, default=256, help="default 256")
     p.add_argument("--students", type=int, default=1, help="students trained together in the engine run; default 1")
+    p.add_argument("--together", type=int, default=4,
+                   help="students trained together on one batch stream in the third row; default 4")
     p.add_argument("--warmup-steps", type=int, default=None, help="default 10 on CUDA, 1 on CPU")
     p.add_argument("--repeats", type=int, default=None, help="runs per pipeline (median reported); "
                                                              "default 3 on CUDA, 1 on CPU")
@@ -255,7 +261,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.repeats = 3 if cuda else 1
     if args.workers is None:
         args.workers = [4] if cuda else [0]
-    for name in ("images", "batch_size", "students", "repeats"):
+    for name in ("images", "batch_size", "students", "together", "repeats"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.warmup_steps < 0 or min(args.workers) < 0:
@@ -292,17 +298,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             run_plain(plain_teacher, loader, student_arch, device, args.seed, max_steps=args.warmup_steps)
 
     engine_s: list[float] = []
+    cached_s: list[float] = []
+    together_s: list[float] = []
     plain_s: dict[int, list[float]] = {w: [] for w in args.workers}
     for r in range(args.repeats):
-        engine_s.append(run_engine(engine_teacher, ds, config, student_arch, args.students, device, args.seed + r))
-        print(f"  run {r + 1}: engine {engine_s[-1]:.2f} s", end="", flush=True)
+        cache = TeacherLogitCache()  # filled by the engine run, then every batch of the cached run is a hit
+        engine_s.append(run_engine(engine_teacher, ds, config, student_arch, args.students, device, args.seed + r,
+                                   cache))
+        cached_s.append(run_engine(engine_teacher, ds, config, student_arch, args.students, device, args.seed + r,
+                                   cache))
+        together_s.append(run_engine(engine_teacher, ds, config, student_arch, args.together, device,
+                                     args.seed + r))
+        print(f"  run {r + 1}: engine {engine_s[-1]:.2f} s, with the teacher-logit cache {cached_s[-1]:.2f} s, "
+              f"{args.together} students at once {together_s[-1]:.2f} s", end="", flush=True)
         for w, loader in loaders.items():
             plain_s[w].append(run_plain(plain_teacher, loader, student_arch, device, args.seed + r))
             print(f", plain (workers={w}) {plain_s[w][-1]:.2f} s", end="", flush=True)
         print()
 
     engine = Row("engine (netcomp.distill)", name, args.batch_size, args.students, n, engine_s)
-    rows = [engine] + [Row(f"plain DataLoader (workers={w})", name, args.batch_size, 1, n, plain_s[w])
+    rows = [engine, Row("engine + teacher-logit cache", name, args.batch_size, args.students, n, cached_s),
+            Row(f"engine, {args.together} students at once", name, args.batch_size, args.together, n, together_s)]
+    rows += [Row(f"plain DataLoader (workers={w})", name, args.batch_size, 1, n, plain_s[w])
                        for w in args.workers]
     print()
     print_table(rows, engine)
@@ -311,6 +328,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     paired = {w: statistics.median(args.students * p / e for e, p in zip(engine_s, plain_s[w])) for w in args.workers}
     for w, ratio in paired.items():
         print(f"paired speedup vs plain (workers={w}), median over runs of per-run ratios: {ratio:.2f}x")
+    print(f"teacher-logit cache: {statistics.median(e / c for e, c in zip(engine_s, cached_s)):.2f}x the engine's "
+          f"speed once the cache is warm (paired median; the first student of a search pays the teacher forwards)")
     print(f"\nimages/s counts student-images; s/epoch = 50,000 / (images/s). {args.repeats} run(s) per "
           f"pipeline, median shown; torch {torch.__version__}.")
     out = {"torch": str(torch.__version__), "device": name, "teacher": args.teacher, "student": student_arch,
@@ -318,6 +337,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
            "warmup_steps": args.warmup_steps, "students": args.students,
            "rows": [r.to_dict() for r in rows],
            "speedup": {r.pipeline: engine.images_per_s / r.images_per_s for r in rows[1:]},
+           "cache_speedup": statistics.median(e / c for e, c in zip(engine_s, cached_s)),
            "paired_speedup": {f"plain DataLoader (workers={w})": v for w, v in paired.items()}}
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

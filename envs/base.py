@@ -41,6 +41,18 @@ def _cached_dataset(name: str, root: str | None, download: bool, kwargs: tuple) 
 
 
 _TEACHERS: dict[tuple, Teacher] = {}
+#: ``teacher=`` value that asks for the fidelity recipe's cached teacher even where one is shipped.
+RECIPE_TEACHER = "recipe"
+
+
+def _shipped(arch: str, dataset: Dataset) -> Teacher | None:
+    """The shipped teacher of (arch, data), read and checksummed once per process (None if none is shipped)."""
+    from netcomp.teachers import data_fingerprint, shipped_teacher
+
+    key = ("shipped", arch, dataset.name, data_fingerprint(dataset))
+    if key not in _TEACHERS:
+        _TEACHERS[key] = shipped_teacher(arch, dataset)
+    return _TEACHERS[key]
 
 
 def _cached_teacher(arch: str, dataset: Dataset, recipe: str, seed: int, home: str | None) -> Teacher:
@@ -303,13 +315,19 @@ class CompressionEnv(gym.Env):
     def _resolve_teacher(self, teacher: str | Teacher | None, arch: str, ds: Dataset, seed: int,
                          home: str | None) -> Teacher:
         """The env's teacher: a Teacher or a teacher file (checked to fit ``arch`` and ``ds``: ValueError
-        naming the mismatching field otherwise), or the cached teacher of the fidelity's recipe."""
+        naming the mismatching field otherwise); by default the teacher shipped in teachers/ for this arch and
+        data (checksum verified) when there is one for ``seed``, else the cached teacher of the fidelity's recipe;
+        ``teacher="recipe"`` asks for the recipe's teacher even where one is shipped."""
         from netcomp.teachers import check_teacher_fits
 
         if isinstance(teacher, Teacher):
             check_teacher_fits(teacher, arch, ds)
             return teacher
-        if isinstance(teacher, str | Path):
+        if teacher is None:
+            shipped = _shipped(arch, ds)
+            if shipped is not None and shipped.meta.get("seed") == seed:
+                return shipped
+        elif isinstance(teacher, str | Path) and str(teacher) != RECIPE_TEACHER:
             loaded = load_teacher(Path(teacher))
             check_teacher_fits(loaded, arch, ds)
             return loaded

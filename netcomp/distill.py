@@ -464,10 +464,49 @@ def _drain(students: list[_Student], first_step: int) -> None:
             s.epoch_steps += 1
 
 
+class TeacherLogitCache:
+    """The teacher's logits per training batch, kept for the whole search.
+
+    Every student trained with the same seed, data cut, batch size and augmentation sees the same batches
+    (:class:`DeviceLoader` draws epoch ``e`` from ``(seed, e)`` only), so the teacher's eval-mode logits of
+    batch ``b`` of epoch ``e`` are the same for all of them: after the first student no teacher forward runs.
+    One cache serves one teacher on one dataset (the :class:`~netcomp.evaluator.Evaluator` owns it). Entries
+    stay on the device they were computed on; once ``max_bytes`` are held, new batches are computed and not
+    kept (the first epochs of a search are the ones every student repeats).
+    """
+
+    def __init__(self, max_bytes: int = 1 << 30) -> None:
+        self.max_bytes = int(max_bytes)
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._logits: dict[tuple, torch.Tensor] = {}
+
+    def logits(self, key: tuple, teacher: nn.Module, x: torch.Tensor, amp: str) -> torch.Tensor:
+        """The teacher's float32 logits for batch ``x`` under ``key``, computed (no grad, eval mode) on a miss."""
+        cached = self._logits.get(key)
+        if cached is not None:
+            self.hits += 1
+            return cached
+        self.misses += 1
+        with torch.no_grad(), _autocast(x.device, amp):
+            out = teacher(x).float()
+        size = out.numel() * out.element_size()
+        if self.bytes + size <= self.max_bytes:
+            self._logits[key] = out
+            self.bytes += size
+        return out
+
+    def clear(self) -> None:
+        self._logits.clear()
+        self.bytes = 0
+
+
 def train_students(students: Sequence[nn.Module], dataset: Dataset, config: TrainConfig,
                    teacher: nn.Module | None = None, device: str | torch.device = "cpu", seed: int = 0,
                    split: str = "val", progress: bool = False, resume: Mapping[str, Any] | None = None,
-                   on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> list[TrainResult]:
+                   on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+                   teacher_cache: TeacherLogitCache | None = None) -> list[TrainResult]:
     """Train several students together on one batch stream and evaluate them; one result per student.
 
     All students see the same (seeded) shuffled, augmented batches of ``dataset.train``; for each batch
@@ -490,6 +529,9 @@ def train_students(students: Sequence[nn.Module], dataset: Dataset, config: Trai
     ``resume`` to a call with the same students (architecture), dataset, config and seed continues after
     that epoch; on the CPU the outcome is bit-identical to the uninterrupted call (the batches of an epoch
     depend only on ``seed`` and the epoch number). An exception raised by ``on_epoch_end`` propagates.
+
+    ``teacher_cache`` (one per teacher and dataset) keeps the teacher's logits of every batch for the next
+    call with the same batch stream, so later students run no teacher forward; the outcome is identical.
 
     Raises ValueError for an empty student list, a loss that needs a teacher when none is given, a bad
     ``split``, a training set with no batch, or a ``resume`` state that does not fit this training.
@@ -522,6 +564,9 @@ def train_students(students: Sequence[nn.Module], dataset: Dataset, config: Trai
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise ValueError("the training split yields no batch")
+    # what decides the batch stream (with the epoch and batch number): the cache's key
+    stream = (seed, len(train_split.y), config.batch_size, bool(augment), drop_last, channels_last, config.amp,
+              str(device))
     # Round first so that e.g. 0.7 epochs of 10 batches is 7 steps, not ceil(7.000000000000001) = 8.
     total_steps = max(1, math.ceil(round(config.epochs * steps_per_epoch, 6)))
     if config.max_steps is not None:
@@ -561,13 +606,15 @@ def train_students(students: Sequence[nn.Module], dataset: Dataset, config: Trai
         for epoch in range(first_epoch, n_epochs + 1):
             for s in states:
                 s.epoch_loss_sum, s.epoch_steps = 0.0, 0
-            for x, y in loader:
+            for batch, (x, y) in enumerate(loader):
                 if step >= total_steps:
                     break
                 x = x.to(device, non_blocking=True)
                 y = y.to(device, non_blocking=True)
                 t_logits = None
-                if need_teacher:
+                if need_teacher and teacher_cache is not None:
+                    t_logits = teacher_cache.logits((*stream, epoch, batch), teacher, x, config.amp)
+                elif need_teacher:
                     with torch.no_grad(), _autocast(device, config.amp):
                         t_logits = teacher(x)
                     t_logits = t_logits.float()

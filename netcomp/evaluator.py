@@ -22,7 +22,7 @@ from torch import nn
 
 from netcomp.arch import Arch, arch_key
 from netcomp.data import Dataset
-from netcomp.distill import TrainConfig, evaluate, train_model, train_students
+from netcomp.distill import TeacherLogitCache, TrainConfig, evaluate, train_model, train_students
 from netcomp.jsonl import append_jsonl, read_jsonl
 from netcomp.metrics import count_macs, count_params
 from netcomp.surgery import INHERIT_MODES, build_module, inherit_weights, student_problem
@@ -190,6 +190,8 @@ class Evaluator:
             [teacher.meta.get(k) for k in ("arch", "dataset", "recipe", "seed", "split", "val_accuracy")],
             sort_keys=True, default=str).encode()).hexdigest()[:12]
         self.cache: dict[str, EvalResult] = {}
+        #: the teacher's logits of every training batch, shared by all the students this evaluator scores
+        self.teacher_logits = TeacherLogitCache()
         self.cache_path = Path(cache_path) if cache_path else None
         self.trainings = 0  # students actually trained (cache misses)
         if self.cache_path and self.cache_path.exists():
@@ -282,7 +284,8 @@ class Evaluator:
         with torch.random.fork_rng(devices=[]):
             modules = [self.build_student(arch, inherit, seed) for arch in students]
             outcomes = train_students(modules, self.dataset, self.fidelity.train, teacher=self.teacher_model,
-                                      device=self.device, seed=seed, split=self.split)
+                                      device=self.device, seed=seed, split=self.split,
+                                      teacher_cache=self.teacher_logits)
         self.trainings += len(students)
         seconds = (time.perf_counter() - start) / len(students)
         results = []
@@ -318,7 +321,8 @@ class Evaluator:
             module = module.to(self.device)
             if train:
                 out = train_students([module], self.dataset, self.fidelity.train, teacher=self.teacher_model,
-                                     device=self.device, seed=seed, split=self.split)[0]
+                                     device=self.device, seed=seed, split=self.split,
+                                     teacher_cache=self.teacher_logits)[0]
                 valid, acc, loss, reason = out.valid, out.accuracy, out.loss, out.invalid_reason
             else:
                 acc, loss = evaluate(module, self.scored, self.dataset, device=self.device,

@@ -329,3 +329,96 @@ def get_teacher(arch_name: str, dataset: Dataset, recipe: str = "fast", seed: in
     teacher.path = path
     partial.unlink(missing_ok=True)
     return teacher
+
+
+# --- Teachers shipped in the repository -----------------------------------------------------------------------
+
+#: Folder of the teachers shipped with netcomp-gym and their manifest (file name -> sha256 and metadata).
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "teachers"
+MANIFEST = "manifest.json"
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def teacher_identity(teacher: Teacher) -> dict[str, Any]:
+    """What names a teacher for a replay: arch, dataset, recipe, seed, its file and the SHA-256 of its bytes
+    (of its weights' bytes for a teacher that lives only in memory)."""
+    if teacher.path is not None and Path(teacher.path).is_file():
+        digest = file_sha256(teacher.path)
+    else:
+        h = hashlib.sha256()
+        for name, tensor in sorted(teacher.model.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        digest = "weights:" + h.hexdigest()
+    meta = teacher.meta or {}
+    return {"arch": meta.get("arch", teacher.arch.family), "dataset": meta.get("dataset"),
+            "recipe": meta.get("recipe"), "seed": meta.get("seed"),
+            "path": str(teacher.path) if teacher.path is not None else None, "sha256": digest}
+
+
+def shipped_name(arch_name: str, dataset_name: str) -> str:
+    """File name of the shipped teacher of an architecture and dataset."""
+    return f"{arch_name}-{dataset_name}.pt"
+
+
+def read_manifest(folder: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The shipped teachers' manifest: file name -> {sha256, arch, dataset, recipe, seed, accuracies, ...}."""
+    path = (folder or SHIPPED_DIR) / MANIFEST
+    if not path.exists():
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def ship_teacher(teacher: Teacher, folder: Path | None = None) -> Path:
+    """Save ``teacher`` into the shipped folder and record its checksum and metadata in the manifest.
+
+    Both files are written atomically; the manifest entry is written after the teacher file, so an entry
+    never names a file that is not there in full.
+    """
+    from netcomp.files import write_text_atomic
+
+    folder = folder or SHIPPED_DIR
+    name = shipped_name(teacher.meta["arch"], teacher.meta["dataset"])
+    path = folder / name
+    save_teacher(teacher, path)
+    manifest = read_manifest(folder)
+    keep = ("arch", "dataset", "recipe", "recipe_config", "seed", "data_fingerprint", "split", "val_accuracy",
+            "test_accuracy", "params", "macs", "train_seconds", "torch")
+    manifest[name] = {"sha256": file_sha256(path), **{k: teacher.meta[k] for k in keep if k in teacher.meta}}
+    write_text_atomic(folder / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    teacher.path = path
+    return path
+
+
+def shipped_teacher(arch_name: str, dataset: Dataset, device: str | torch.device = "cpu",
+                    folder: Path | None = None) -> Teacher | None:
+    """The shipped teacher for ``arch_name`` on ``dataset``, or None if none is shipped for this data.
+
+    None when the manifest has no entry or the entry was trained on other data (another data fingerprint:
+    a subset, other split sizes). A file whose SHA-256 differs from the manifest's raises ValueError: a
+    shipped teacher is never used unchecked. Loaded with ``weights_only=True`` (:func:`load_teacher`).
+    """
+    folder = folder or SHIPPED_DIR
+    name = shipped_name(arch_name, dataset.name)
+    entry = read_manifest(folder).get(name)
+    if entry is None or entry.get("data_fingerprint") != data_fingerprint(dataset):
+        return None
+    path = folder / name
+    if not path.exists():
+        raise FileNotFoundError(f"the manifest {folder / MANIFEST} lists {name} but the file is missing")
+    actual = file_sha256(path)
+    if actual != entry["sha256"]:
+        raise ValueError(f"shipped teacher {path} has SHA-256 {actual}, the manifest records {entry['sha256']}: "
+                         f"the file was changed or damaged; restore it (git checkout) or retrain it with "
+                         f"`python -m netcomp train-teacher {arch_name} --dataset {dataset.name} "
+                         f"--recipe {entry.get('recipe')}`")
+    return load_teacher(path, device)

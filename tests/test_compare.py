@@ -17,6 +17,7 @@ from agents.base import read_records
 from agents.compare import (
     RunResult,
     best_so_far,
+    best_students,
     leaderboard,
     reach_threshold,
     run_result,
@@ -80,6 +81,8 @@ def test_a_comparison_writes_every_run_the_leaderboard_and_the_plots(finished):
         assert float(row["best_reward_std"]) == pytest.approx(np.std(bests, ddof=1))
     table = (out / "leaderboard.md").read_text()
     assert all(f"| {a} | 2 |" in table for a in AGENTS)
+    lines = best_students(out, yaml.safe_load((out / "compare.yaml").read_text()))
+    assert [line.split()[0] for line in lines] == list(AGENTS) and all("test accuracy" in line for line in lines)
 
 
 def _fake_run(folder, rewards, seconds, cached=(), final=None):

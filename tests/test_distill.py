@@ -425,3 +425,32 @@ def test_kd_lambda_range_depends_on_loss() -> None:
     assert TrainConfig(loss="ce+mse", kd_lambda=1.5).kd_lambda == 1.5
     with pytest.raises(ValueError, match="kd_lambda"):
         TrainConfig(loss="ce+mse", kd_lambda=-0.1)
+
+
+def test_the_teacher_logit_cache_runs_no_teacher_forward_after_the_first_student_and_changes_nothing(
+        ds: Dataset) -> None:
+    from netcomp.distill import TeacherLogitCache
+
+    teacher = make_cnn(10)
+    calls: list[int] = []
+    teacher.register_forward_hook(lambda m, inp, out: calls.append(len(inp[0])))
+    cfg = fast(loss="kd", train_max=256, epochs=2.5, augment=True)  # 4 batches per epoch -> 10 steps, 3 epochs
+    plain = make_cnn(20)
+    reference = train_model(plain, ds, cfg, teacher=teacher, seed=3)
+    assert len(calls) == 10
+    cache = TeacherLogitCache()
+    for attempt in range(2):
+        calls.clear()
+        student = make_cnn(20)
+        result = train_students([student], ds, cfg, teacher=teacher, seed=3, teacher_cache=cache)[0]
+        assert len(calls) == (10 if attempt == 0 else 0)  # the second student: no teacher forward at all
+        assert [h["train_loss"] for h in result.history] == [h["train_loss"] for h in reference.history]
+        assert result.accuracy == reference.accuracy and same_state(params_of(student), params_of(plain))
+    assert (cache.misses, cache.hits) == (10, 10)
+    calls.clear()
+    train_students([make_cnn(20)], ds, cfg, teacher=teacher, seed=4, teacher_cache=cache)
+    assert len(calls) == 10, "another seed is another batch stream: its logits are computed"
+    full = TeacherLogitCache(max_bytes=0)  # keeps nothing, still exact
+    student = make_cnn(20)
+    train_students([student], ds, cfg, teacher=teacher, seed=3, teacher_cache=full)
+    assert full.bytes == 0 and same_state(params_of(student), params_of(plain))
