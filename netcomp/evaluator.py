@@ -272,7 +272,7 @@ class Evaluator:
         score) whether it is trained alone or together with others.
         """
         torch.manual_seed(seed)
-        module = build_module(arch)
+        module = build_module(arch, device=self.device)  # initialised where it trains (no CPU init and copy)
         inherit_weights(module, arch, self.teacher.model, self.teacher.arch, mode=inherit,
                         bn_stats=self.inherit_bn_stats)
         return module.to(self.device)

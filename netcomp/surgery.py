@@ -255,12 +255,17 @@ def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
     parent.add_module(leaf, module)
 
 
-def build_module(arch: Arch) -> fx.GraphModule:
+def build_module(arch: Arch, device: str | torch.device | None = None) -> fx.GraphModule:
     """A real network for ``arch``: an fx.GraphModule whose submodules sit at the node names.
 
-    Raises ArchError if the architecture is invalid (use :func:`student_problem` to ask first).
+    With ``device`` the parameters are created and initialised there (no CPU initialisation and copy for a
+    student trained on a GPU; on the CPU the weights are the same either way). Raises ArchError if the
+    architecture is invalid (use :func:`student_problem` to ask first).
     """
     arch.shapes  # noqa: B018  (raise early with the node that fails)
+    if device is not None:
+        with torch.device(device):
+            return build_module(arch)
     root = nn.Module()
     graph = fx.Graph()
     env: dict[str, fx.Node] = {}
@@ -441,10 +446,9 @@ def _copy_indices(node: Node, s_arch: Arch, t_arch: Arch, s_mod: nn.Module, t_mo
     out_p = s_prov.get(node.name)
     if out_p is None or out_p[0] != t_prov[node.name][0]:
         return False
-    out_idx = torch.tensor(out_p[1], dtype=torch.long)
     if node.op == "bn":
         for name, s_t in _tensors(s_mod, bn_stats):
-            s_t.copy_(getattr(t_mod, name)[out_idx])
+            s_t.copy_(_take(getattr(t_mod, name), 0, out_p[1]))
         return True
     in_p, t_in_p = s_prov.get(node.inputs[0]), t_prov[t_arch.node(node.name).inputs[0]]
     if in_p is None or in_p[0] != t_in_p[0] or s_mod.weight.shape[2:] != t_mod.weight.shape[2:]:
@@ -454,25 +458,39 @@ def _copy_indices(node: Node, s_arch: Arch, t_arch: Arch, s_mod: nn.Module, t_mo
         return False
     s_mod.weight.copy_(weight)
     if s_mod.bias is not None and t_mod.bias is not None:
-        s_mod.bias.copy_(t_mod.bias[out_idx])
+        s_mod.bias.copy_(_take(t_mod.bias, 0, out_p[1]))
     return True
+
+
+def _take(tensor: torch.Tensor, dim: int, indices: Sequence[int]) -> torch.Tensor:
+    """``tensor`` restricted to ``indices`` along ``dim``: the tensor itself when they are all of it in order
+    (the common case of an untouched layer: no gather), else an index_select on the tensor's device."""
+    n = tensor.shape[dim]
+    if len(indices) == n and (n == 0 or (indices[0] == 0 and indices[-1] == n - 1 and _is_range(indices))):
+        return tensor
+    return tensor.index_select(dim, torch.as_tensor(indices, dtype=torch.long, device=tensor.device))
+
+
+def _is_range(indices: Sequence[int]) -> bool:
+    return all(b == a + 1 for a, b in zip(indices, indices[1:]))
 
 
 def _select_weight(node: Node, s_arch: Arch, t_arch: Arch, t_w: torch.Tensor, out_idx: Sequence[int],
                    in_idx: Sequence[int], s_w: torch.Tensor) -> torch.Tensor | None:
     """The teacher weight rows/columns for the kept output and input channels, per conv group."""
-    out_t = torch.tensor(out_idx, dtype=torch.long)
     if node.op == "linear" or (s_arch.conv_groups(node) == 1 and t_arch.conv_groups(t_arch.node(node.name)) == 1):
-        return t_w[out_t][:, torch.tensor(in_idx, dtype=torch.long)]
+        return _take(_take(t_w, 0, out_idx), 1, in_idx)
     if node.depthwise:
-        return t_w[out_t] if list(out_idx) == list(in_idx) else None
+        return _take(t_w, 0, out_idx) if list(out_idx) == list(in_idx) else None
+    out_t = torch.tensor(out_idx, dtype=torch.long, device=t_w.device)
     # grouped conv: copy the entries whose input channel lies in the same teacher group as the output
     g_s, g_t = s_arch.conv_groups(node), t_arch.conv_groups(t_arch.node(node.name))
     cin_s, cin_t = s_w.shape[1], t_w.shape[1]
     per_group_t = t_w.shape[0] // g_t
     group_t = out_t // per_group_t                                            # [O]
-    group_s = torch.arange(len(out_idx)) // (s_w.shape[0] // g_s)             # [O]
-    t_in = torch.tensor(in_idx, dtype=torch.long)[group_s[:, None] * cin_s + torch.arange(cin_s)[None, :]]
+    group_s = torch.arange(len(out_idx), device=t_w.device) // (s_w.shape[0] // g_s)             # [O]
+    t_in = torch.tensor(in_idx, dtype=torch.long, device=t_w.device)[
+        group_s[:, None] * cin_s + torch.arange(cin_s, device=t_w.device)[None, :]]
     same_group = (t_in // cin_t) == group_t[:, None]                          # [O, cin_s]
     local_t = (t_in - group_t[:, None] * cin_t).clamp(0, cin_t - 1)
     picked = t_w[out_t[:, None], local_t]                                     # [O, cin_s, k, k]
