@@ -59,6 +59,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int)
     p.add_argument("--data-root", dest="data_root", help="folder with the datasets (torchvision layout)")
     p.add_argument("--download", action="store_true", help="let torchvision download the dataset")
+    p.add_argument("--workers", type=int,
+                   help="train batched students on N Ray actors (one GPU each, or CPU); default: this process")
+    p.add_argument("--ray-address", dest="ray_address",
+                   help="with --workers: a running Ray cluster, HEAD:6379 (default: a local one)")
     p.add_argument("--seeds", type=int,
                    help="a comparison: run every --agent (comma-separated) with seeds 0..N-1 at the same budget, "
                         "teacher, fidelity and data, then write leaderboard.md/.csv, best_so_far.png, pareto.png")

@@ -49,7 +49,8 @@ from netcomp.files import write_text_atomic
 
 COMPARE_FILE = "compare.yaml"
 #: Run settings every run of a comparison shares (the flags set them; agents' config files cannot).
-SHARED_KEYS = ("budget", "budget_seconds", "fidelity", "device", "data_root", "download", "teacher")
+SHARED_KEYS = ("budget", "budget_seconds", "fidelity", "device", "data_root", "download", "teacher", "workers",
+               "ray_address")
 #: "Reached 95% of its final best": the first evaluation whose best so far is within 5% of |final best|.
 REACH_FRACTION = 0.95
 
@@ -153,8 +154,9 @@ def _resume_spec(out: Path, args: argparse.Namespace) -> dict[str, Any]:
         if getattr(args, flag, None) is not None:
             raise ConfigError(f"--{flag.replace('_', '-')} cannot change the comparison in {out}; it is fixed by "
                               f"{out / COMPARE_FILE}")
-    if args.device:
-        spec["run"]["device"] = args.device
+    for key in ("device", "workers", "ray_address"):  # where it runs may change, not what it computes
+        if getattr(args, key, None) is not None:
+            spec["run"][key] = getattr(args, key)
     return spec
 
 
@@ -223,9 +225,10 @@ def _run_one(config: dict, run_dir: Path) -> None:
     """Start the run, or resume it (a finished run says so and is not re-run)."""
     flags = dict(env=None, agent=None, budget=None, budget_seconds=None, fidelity=None, mode=None, preset=None,
                  config=None, out=None, resume=None, teacher=None, load_policy=None, trust_pickle=False,
-                 device=None, seed=None, data_root=None, download=False)
+                 device=None, seed=None, data_root=None, download=False, workers=None, ray_address=None)
     if (run_dir / "config.yaml").exists():
-        start(argparse.Namespace(**{**flags, "resume": str(run_dir)}))
+        where = {key: config["run"].get(key) for key in ("device", "workers", "ray_address")}  # may change
+        start(argparse.Namespace(**{**flags, **where, "resume": str(run_dir)}))
     else:
         start(argparse.Namespace(**{**flags, "out": str(run_dir)}), config=config)
 

@@ -55,6 +55,9 @@ RUN_DEFAULTS: dict[str, Any] = {
     "save_best": True,       # retrain and save the best student when the agent did not
     "shared_final": False,   # give the best student the fidelity's shared final training even when the agent
                              # kept its own (a comparison's leaderboard: the same final training for all)
+    "workers": None,         # Ray actors that train the students of batched asks (None: this process, no Ray)
+    "ray_address": None,     # a running Ray cluster (HEAD:6379); None: a local one on this machine
+    "worker_gpus": None,     # each actor's GPU share (0.25: four actors per GPU); None: 1 if the cluster has GPUs
 }
 DEFAULTS: dict[str, Any] = {"env": None, "agent": None, "run": RUN_DEFAULTS, "agent_config": {}}
 #: Top-level keys of a --config file.
@@ -142,7 +145,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
     config = merge(config, {k: v for k, v in user.items() if k != "preset"})
     config.update({k: v for k, v in {"env": args.env, "agent": args.agent}.items() if v is not None})
     for key in ("budget", "budget_seconds", "fidelity", "mode", "seed", "device", "data_root", "teacher",
-                "load_policy"):
+                "load_policy", "workers", "ray_address"):
         value = getattr(args, key, None)
         if value is not None:
             config["run"][key] = value
@@ -181,8 +184,9 @@ def resume_config(run_dir: Path, args: argparse.Namespace) -> tuple[dict, bool]:
             raise ConfigError(f"--{flag.replace('_', '-')} {given} is below the run's {saved}: a budget can only "
                               f"grow on resume")
         config["run"][flag], extended = given, True
-    if args.device:
-        config["run"]["device"] = args.device
+    for key in ("device", "workers", "ray_address"):  # where it runs may change (--workers 0: here), not what
+        if getattr(args, key, None) is not None:
+            config["run"][key] = getattr(args, key)
     return config, extended
 
 
@@ -216,8 +220,12 @@ def locked(run_dir: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def make_env(config: dict, run_dir: Path, space: str | None = None, **overrides: Any):
-    """The environment of a run (or another space on the same teacher/data/fidelity)."""
+def make_env(config: dict, run_dir: Path, space: str | None = None, pool: Any = None, **overrides: Any):
+    """The environment of a run (or another space on the same teacher/data/fidelity).
+
+    ``pool`` (a :class:`netcomp.workers.WorkerPool`) is attached to its evaluator: batched asks then train on
+    the run's Ray actors.
+    """
     import gymnasium as gym
 
     import envs
@@ -236,6 +244,8 @@ def make_env(config: dict, run_dir: Path, space: str | None = None, **overrides:
     except TypeError as exc:  # a misspelt env_kwargs / dataset_kwargs key
         raise ConfigError(f"cannot make {env_id} with the run's env_kwargs / dataset_kwargs: {exc}") from None
     env.reset(seed=run["seed"])
+    if pool is not None:
+        pool.attach(env.unwrapped.evaluator)
     return env
 
 
@@ -255,14 +265,17 @@ def prepare(config: dict, log: RunLog) -> type:
     return agent_cls
 
 
-def build(config: dict, run_dir: Path, log: RunLog, agent_cls: type) -> tuple[Any, Any]:
-    """(recorder-wrapped env, agent) for a prepared config; this is where the teacher is trained or loaded."""
+def build(config: dict, run_dir: Path, log: RunLog, agent_cls: type, pool: Any = None) -> tuple[Any, Any]:
+    """(recorder-wrapped env, agent) for a prepared config; this is where the teacher is trained or loaded.
+
+    Every env of the run (the agent's ``make_env`` ones too) gets ``pool``, the run's Ray actors, if any.
+    """
     from agents.base import Recorder, make_config
 
     def make_other(space_name: str, mode: str = "oneshot", **kwargs: Any) -> Recorder:
-        return Recorder(make_env(dict(config, mode=mode), run_dir, space=space_name, **kwargs), log)
+        return Recorder(make_env(dict(config, mode=mode), run_dir, space=space_name, pool=pool, **kwargs), log)
 
-    env = Recorder(make_env(config, run_dir), log)
+    env = Recorder(make_env(config, run_dir, pool=pool), log)
     agent = agent_cls(env, make_config(agent_cls.Config, config["agent_config"]), seed=config["run"]["seed"],
                       run_dir=run_dir, make_env=make_other)
     if config["run"]["load_policy"]:
@@ -437,15 +450,31 @@ def execute(config: dict, run_dir: Path, resumed: bool, extended: bool) -> int:
         raise ConfigError(f"agent {config['agent']!r} cannot extend a run: its schedule is fixed by the budget it "
                           f"started with; start a new run")
     write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))  # before any training
-    env, agent = build(config, run_dir, log, agent_cls)
-    if checkpoint:
-        agent.load_state(checkpoint["agent"])
-    agent.checkpoint = lambda: save_checkpoint(agent, run_dir)
-    start_time = time.perf_counter()
-    with _progress(config, budget, log, run_dir):
-        agent.run()
-    agent.checkpoint()
-    return finish(config, run_dir, agent, budget, resumed, time.perf_counter() - start_time)
+    with worker_pool(config["run"]) as pool:
+        env, agent = build(config, run_dir, log, agent_cls, pool=pool)
+        if checkpoint:
+            agent.load_state(checkpoint["agent"])
+        agent.checkpoint = lambda: save_checkpoint(agent, run_dir)
+        start_time = time.perf_counter()
+        with _progress(config, budget, log, run_dir):
+            agent.run()
+        agent.checkpoint()
+        return finish(config, run_dir, agent, budget, resumed, time.perf_counter() - start_time)
+
+
+@contextlib.contextmanager
+def worker_pool(run: dict) -> Iterator[Any]:
+    """The run's Ray actors (``workers``), shut down when the run ends or fails; None (and no Ray) without."""
+    if not run.get("workers"):
+        yield None
+        return
+    from netcomp.workers import WorkerPool
+
+    pool = WorkerPool(int(run["workers"]), run.get("ray_address"), run.get("worker_gpus"))
+    try:
+        yield pool
+    finally:
+        pool.shutdown()
 
 
 @contextlib.contextmanager

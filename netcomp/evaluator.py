@@ -156,6 +156,9 @@ class Evaluator:
     code (it scores students on the test set; a leak, listed in the README's deviations table).
     """
 
+    #: a :class:`netcomp.workers.WorkerPool` that trains the uncached students on Ray actors (None: here)
+    pool: Any = None
+
     def __init__(self, teacher: Teacher, dataset: Dataset, fidelity: Fidelity, device: str | torch.device = "cpu",
                  seed: int = 0, inherit: str = "reinit", require_smaller: bool = True, min_linear_inputs: int = 1,
                  cache_path: str | Path | None = None, split: str = "val",
@@ -209,6 +212,8 @@ class Evaluator:
             self.cache[row["cache_key"]] = EvalResult.from_json(row["result"])
 
     def _store(self, key: str, result: EvalResult) -> None:
+        if self.cache.get(key) is result:  # a pool's student, stored as it finished (netcomp.workers)
+            return
         self.cache[key] = result
         if self.cache_path:
             append_jsonl(self.cache_path, {"cache_key": key, "result": result.to_json()})
@@ -278,6 +283,11 @@ class Evaluator:
         return module.to(self.device)
 
     def _train(self, students: Sequence[Arch], inherit: str, seed: int) -> list[EvalResult]:
+        if self.pool is not None:  # Ray actors train one student each; each is stored (cache.jsonl) as it finishes
+            results = self.pool.train(self, students, inherit, seed, on_result=lambda i, result: self._store(
+                self.cache_key(students[i], inherit, seed), result))
+            self.trainings += len(students)
+            return results
         start = time.perf_counter()
         # the caller's torch RNG must not depend on whether a student was trained or came from the cache:
         # an agent that samples from torch's global RNG (SB3) then replays a resumed run exactly
