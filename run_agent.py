@@ -51,7 +51,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", help="a YAML file layered over the defaults")
     p.add_argument("--out", help="run directory (default runs/<env>-<agent>-<time>)")
     p.add_argument("--resume", help="continue the run in this directory")
-    p.add_argument("--teacher", help="a teacher checkpoint file (default: the cached teacher of the recipe)")
+    p.add_argument("--teacher", help="a teacher checkpoint file (default: the shipped teacher of the arch and "
+                                     "data in teachers/, else the cached teacher of the fidelity's recipe; "
+                                     "'recipe' asks for the latter)")
     p.add_argument("--load-policy", dest="load_policy", help="start from a policy saved by another run")
     p.add_argument("--trust-pickle", dest="trust_pickle", action="store_true",
                    help="let --load-policy unpickle an SB3 zip (runs code from the file: trusted files only)")

@@ -7,8 +7,9 @@ budget for all (an agent's own config file may not change them), then writes:
 - ``compare.yaml``: what the comparison is (written before anything trains, so ``--resume DIR`` continues it);
 - ``leaderboard.md`` / ``leaderboard.csv``: per agent, mean and std over seeds of the best reward, its
   accuracy, compression and MACs, the evaluations and training seconds taken to reach 95% of the final best,
-  and the test accuracy of the best student after the fidelity's shared final training (the same for
-  every agent); sorted by mean best reward;
+  all the training seconds spent (students' and a white-box agent's own search), and the test accuracy of
+  the best student after the fidelity's shared final training (the same for every agent); sorted by mean
+  best reward;
 - ``best_so_far.png`` (best reward against evaluations and against training seconds, a min-max band over
   seeds per agent) and ``pareto.png`` (accuracy against params and MACs, every agent's students, the teacher
   marked). Each run keeps its TensorBoard events (``<run>/tb``): ``tensorboard --logdir DIR`` shows them all.
@@ -256,6 +257,8 @@ class RunResult:
     evals_to_reach: int
     seconds_to_reach: float
     final_test: float | None
+    #: all the training seconds the run spent: its students' and a white-box agent's own (charged) search
+    train_seconds: float | None = None
 
 
 def reach_threshold(best: float) -> float:
@@ -285,16 +288,18 @@ def run_result(agent: str, seed: int, run_dir: Path) -> RunResult | None:
     reached = next(i for i, value in enumerate(curve) if value >= threshold)
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
     final = summary.get("shared_final") or {}
+    spent = (float(summary.get("eval_seconds") or 0.0) + float(summary.get("charged_seconds") or 0.0)
+             if summary else None)
     return RunResult(agent, seed, len(records), float(best["reward"]), best.get("accuracy"),
                      best.get("compression"), best.get("macs"), reached + 1, seconds[reached],
-                     final.get("test_accuracy") if final.get("valid") else None)
+                     final.get("test_accuracy") if final.get("valid") else None, spent)
 
 
 #: Leaderboard columns: (name, RunResult field, format).
 COLUMNS = (("best reward", "best_reward", "{:.4f}"), ("val acc", "accuracy", "{:.4f}"),
            ("compression", "compression", "{:.3f}"), ("MACs", "macs", "{:,.0f}"),
            ("evals to 95%", "evals_to_reach", "{:.1f}"), ("train s to 95%", "seconds_to_reach", "{:.1f}"),
-           ("final test acc", "final_test", "{:.4f}"))
+           ("total train s", "train_seconds", "{:.0f}"), ("final test acc", "final_test", "{:.4f}"))
 
 
 def mean_std(values: list[float | None]) -> tuple[float | None, float | None, int]:

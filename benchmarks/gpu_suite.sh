@@ -30,7 +30,7 @@ echo "== 2. env overhead per student (ResNet-34)"
 python benchmarks/env_overhead.py --arch resnet34 --device cuda --repeats 10
 
 echo "== 3. Ray workers sharing the GPU"
-python benchmarks/ray_workers.py --device cuda --workers 1 4 --worker-gpus 0.25 || echo "ray benchmark failed"
+python -m benchmarks.ray_workers --device cuda --workers 1,4 --worker-gpus 0.25 || echo "ray benchmark failed"
 
 echo "== 4. fidelity ranking at the paper setting (removal space, ResNet-20, Fashion-MNIST)"
 NETCOMP_DATA="$DATA" python -m benchmarks.fidelity_rank --space removal --arch resnet20 --dataset fashionmnist \

@@ -46,12 +46,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", default="1,2", help="comma-separated pool sizes (1 is the baseline)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--ray-address", dest="ray_address", help="a running cluster (default: a local one)")
+    p.add_argument("--worker-gpus", dest="worker_gpus", type=float, default=None,
+                   help="each actor's GPU share (0.25: four actors per GPU); default: 1 if there are GPUs")
+    p.add_argument("--device", default="cpu", help="the in-process reference's device (cpu, cuda)")
     args = p.parse_args(argv)
     sizes = sorted({1, *(int(n) for n in args.workers.split(","))})
     torch.set_num_threads(1)
     preset = load_fidelity(args.fidelity, "removal")
     fidelity = {"name": args.fidelity, "train": preset.train.to_dict(), "teacher_recipe": args.teacher_recipe}
-    env = RemovalEnv(arch=args.arch, dataset="synthetic", fidelity=fidelity, device="cpu")
+    env = RemovalEnv(arch=args.arch, dataset="synthetic", fidelity=fidelity, device=args.device)
     env.reset(seed=0)
     env.action_space.seed(0)
     actions = [env.sample_action() for _ in range(args.students)]
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'this process':<16}{local:>9.2f}{'':>10}{'':>12}{'':>9}")
     base = None
     for n in sizes:
-        pool = WorkerPool(n, args.ray_address)
+        pool = WorkerPool(n, args.ray_address, args.worker_gpus)
         try:
             pool.attach(env.evaluator)
             startup = timed(lambda: _check(batch(), reference))

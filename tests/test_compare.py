@@ -92,7 +92,8 @@ def _fake_run(folder, rewards, seconds, cached=(), final=None):
             "index": i, "reward": reward, "valid": True, "accuracy": reward / 2, "compression": 0.5, "macs": 100 + i,
             "eval_seconds": sec, "cached": i in cached})
     if final is not None:
-        (folder / "summary.json").write_text(json.dumps({"shared_final": {"valid": True, "test_accuracy": final}}))
+        (folder / "summary.json").write_text(json.dumps({"shared_final": {"valid": True, "test_accuracy": final},
+                                                     "eval_seconds": sum(seconds), "charged_seconds": 100.0}))
 
 
 def test_mean_std_and_time_to_95_percent_match_a_hand_computation(tmp_path):
@@ -104,6 +105,7 @@ def test_mean_std_and_time_to_95_percent_match_a_hand_computation(tmp_path):
     assert reach_threshold(1.0) == pytest.approx(0.95) and reach_threshold(-2.0) == pytest.approx(-2.1)
     assert (a.best_reward, a.evals_to_reach, a.seconds_to_reach, a.macs, a.final_test) == (1.0, 4, 7.0, 104, 0.8)
     assert (b.best_reward, b.evals_to_reach, b.seconds_to_reach, b.final_test) == (-2.0, 2, 3.0, 0.6)
+    assert (a.train_seconds, b.train_seconds) == (115.0, 104.5)  # the records' seconds plus the charged ones
     assert best_so_far([{"reward": 1, "eval_seconds": 2}, {"reward": 0, "eval_seconds": 3, "cached": True}]) == (
         [1, 1], [2.0, 2.0])
     other = RunResult("y", 0, 3, 0.5, 0.25, 0.5, 100, 1, 1.0, None)
