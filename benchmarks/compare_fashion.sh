@@ -15,7 +15,7 @@ BUDGET=16
 python run_agent.py --env removal-resnet20-fashionmnist --agent n2n,esnac,random,ppo,a2c \
   --seeds $SEEDS --budget $BUDGET --preset quick --out "$OUT/removal-resnet20"
 # ranking-affine space, ResNet-20 (LeGR's space and its two baselines)
-python run_agent.py --env ranking-affine-resnet20-fashionmnist --agent legr,l2-global,uniform,random,ppo,a2c \
+python run_agent.py --env ranking-affine-resnet20-fashionmnist --agent legr,l2-global,uniform,random \
   --seeds $SEEDS --budget $BUDGET --preset quick --out "$OUT/ranking-affine-resnet20"
 # channel-ratio space, LeNet-5 (DeepHoyer's MNIST setting; its `fast` preset)
 python run_agent.py --env channel-ratio-lenet5-fashionmnist --agent hoyer,random,ppo,a2c \
