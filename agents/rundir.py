@@ -291,21 +291,34 @@ def save_checkpoint(agent: Any, run_dir: Path) -> None:
                        "charged_seconds": agent.budget.charged_seconds}, run_dir / "checkpoint.pt")
 
 
+def best_valid(records: list[dict]) -> dict | None:
+    """The valid record with the highest reward (the first of equals), or None."""
+    return max((r for r in records if r["valid"]), key=lambda r: r["reward"], default=None)
+
+
+def train_best(agent: Any, best: dict) -> tuple[Any, Any, dict]:
+    """(arch, model, meta) of a record's student after the fidelity's shared final training; arch and model
+    are None (and meta says why) when the agent cannot rebuild the student."""
+    arch = agent.student_of(best)
+    if arch is None:
+        return None, None, {"index": best["index"],
+                            "skipped": f"agent {agent.name!r} cannot rebuild the student of record {best['index']}"}
+    base = agent.env.unwrapped
+    model, report = base.evaluator.train_final(arch, seed=base.train_seed)
+    return arch, model, {"index": best["index"], "reward": best["reward"], "search_val_accuracy": best["accuracy"],
+                         **report}
+
+
 def save_best_student(agent: Any, records: list[dict], run_dir: Path) -> dict | None:
     """Retrain the best valid student with the fidelity's shared final training and save weights plus its spec."""
     from netcomp.surgery import save_student
 
-    valid = [r for r in records if r["valid"]]
-    if not valid:
+    best = best_valid(records)
+    if best is None:
         return None
-    best = max(valid, key=lambda r: r["reward"])
-    arch = agent.student_of(best)
-    if arch is None:
-        return {"skipped": f"agent {agent.name!r} cannot rebuild the student of record {best['index']}"}
-    base = agent.env.unwrapped
-    model, report = base.evaluator.train_final(arch, seed=base.train_seed)
-    meta = {"index": best["index"], "reward": best["reward"], "search_val_accuracy": best["accuracy"], **report}
-    save_student(run_dir / "best_student.pt", arch, model, meta)
+    arch, model, meta = train_best(agent, best)
+    if arch is not None:
+        save_student(run_dir / "best_student.pt", arch, model, meta)
     return meta
 
 
@@ -316,26 +329,15 @@ def shared_final(agent: Any, records: list[dict], run_dir: Path, runner_meta: di
     so a comparison's test accuracies compare like with like. The runner's best student had exactly that
     training and is reused; a file kept from before a kill is reused when it is still the best's.
     """
-    valid = [r for r in records if r["valid"]]
-    if not valid:
+    best = best_valid(records)
+    if best is None:
         return None
-    best = max(valid, key=lambda r: r["reward"])
     path = run_dir / "shared_final.json"
     if path.exists():
         kept = json.loads(path.read_text())
         if kept.get("index") == best["index"]:
             return kept
-    if runner_meta and runner_meta.get("index") == best["index"]:
-        meta = runner_meta
-    else:
-        arch = agent.student_of(best)
-        if arch is None:
-            meta = {"index": best["index"], "skipped": f"agent {agent.name!r} cannot rebuild its best student"}
-        else:
-            base = agent.env.unwrapped
-            _, report = base.evaluator.train_final(arch, seed=base.train_seed)
-            meta = {"index": best["index"], "reward": best["reward"], "search_val_accuracy": best["accuracy"],
-                    **report}
+    meta = runner_meta if runner_meta and runner_meta.get("index") == best["index"] else train_best(agent, best)[2]
     write_text_atomic(path, json.dumps(meta, indent=1, default=str))
     return meta
 
