@@ -1,6 +1,8 @@
 """ESNAC (Cao, Wang, Kitani, ICLR 2019): Bayesian optimisation of compressed architectures in a learned embedding.
 
-Specified from ../shared/reference/n2n_esnac.md part B. Each search step:
+A clean-room re-implementation of the paper ("Learnable Embedding Space for Efficient Neural Architecture
+Compression", arXiv:1902.00383) and of its reference code (github.com/Friedrich1006/ESNAC), both summarised in
+docs/methods.md#esnac; no code of the reference repository is used. Each search step:
 1. builds K fresh kernels; kernel k embeds architectures with a bi-LSTM over their ESNAC descriptor (mean-pooled,
    L2-normalised; :class:`Embedding`), puts an RBF kernel on the embeddings (lengthscale^2 = alpha, fixed noise
    beta; :class:`EmbeddingGP`, a GPyTorch exact GP) and learns the LSTM on a Bernoulli(0.5) subsample of the
@@ -12,8 +14,8 @@ Specified from ../shared/reference/n2n_esnac.md part B. Each search step:
 After the budget, the top ``top_k`` students by search reward are trained fully (the run's final training) and
 the best by validation f (``select_on: val``; ``test`` reproduces the reference's test-set selection) is kept.
 The kernel works on students, not actions, so the agent also runs on the removal and shrinkage spaces.
-Transfer (B13): ``policy.pt`` holds an embedding fitted on every evaluation; ``--load-policy`` reuses it for
-another teacher with no fitting.
+Transfer (the paper's claim; the reference code has none: docs/methods.md#esnac-transfer): ``policy.pt`` holds an
+embedding fitted on every evaluation; ``--load-policy`` reuses it for another teacher with no fitting.
 """
 
 from __future__ import annotations
@@ -255,7 +257,8 @@ class ESNACAgent(Agent):
 
     def action_descriptor(self, action: Any) -> np.ndarray:
         """The representation of an action's student: straight from the action where the space offers it
-        (the edit space, ESNAC's B4: no network built), else from the built student."""
+        (the edit space: no network built, as ESNAC's ``Architecture.comp_rep`` does;
+        docs/methods.md#esnac-search-space-and-sampler), else from the built student."""
         base = self.env.unwrapped
         fast = getattr(base, "descriptor_of_action", None)
         d = fast(action, self.config.max_layers) if fast is not None else None
@@ -360,7 +363,7 @@ class ESNACAgent(Agent):
             "teacher": str(self.env.unwrapped.arch.family), "config": asdict(cfg)}}, Path(path))
 
     def load_policy(self, path: str | Path, trust_pickle: bool = False) -> None:
-        """Reuse a saved embedding for every kernel, with no fitting (ESNAC's transfer, B13).
+        """Reuse a saved embedding for every kernel, with no fitting (ESNAC's transfer, docs/methods.md#esnac-transfer).
 
         ``trust_pickle`` is accepted for the common interface; the file is always read with weights_only=True.
         """

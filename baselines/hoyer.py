@@ -1,6 +1,8 @@
 """DeepHoyer: scale-invariant sparsity regularisers, prune, fine-tune (Yang, Wen & Li, ICLR 2020).
 
-A clean-room re-implementation from ``reference/tas_legr_hoyer.md`` section 3; no code of the reference
+A clean-room re-implementation of the paper ("DeepHoyer: Learning Sparser Neural Network with Differentiable
+Scale-Invariant Sparsity Measures", arXiv:1908.09979) and of its reference code (github.com/yanghr/DeepHoyer),
+both summarised in docs/methods.md#deephoyer; no code of the reference
 repository is used. A white-box agent: for every strength in ``decays`` (the knob the paper sweeps to trace
 its accuracy-vs-FLOPs curves) :meth:`HoyerAgent.run` does, starting each time from the teacher's weights:
 
@@ -230,9 +232,10 @@ def weight_tensors(model: nn.Module, arch: Arch, which: str = "weights", bn: boo
 
 
 def alive_macs(model: nn.Module, arch: Arch) -> int:
-    """The paper's FLOPs of a sparse model (3.7): H*W*k^2*nz_in*nz_out per conv, nz_in*nz_out per linear,
-    counting in every layer the input channels and filters with any nonzero weight. Equals the MACs of the
-    dense teacher when nothing is zero; a lower bound of what a physically shrunk network costs."""
+    """The paper's FLOPs of a sparse model (docs/methods.md#deephoyer-measuring-sparsity): H*W*k^2*nz_in*nz_out
+    per conv, nz_in*nz_out per linear, counting in every layer the input channels and filters with any nonzero
+    weight. Equals the MACs of the dense teacher when nothing is zero; a lower bound of what a physically shrunk
+    network costs."""
     total = 0
     for node in arch.nodes:
         if node.op not in ("conv", "linear"):

@@ -1,20 +1,22 @@
 """LeGR: learned global ranking by regularised evolution (Chin, Ding, Zhang, Marculescu, CVPR 2020).
 
-A clean-room re-implementation from the specification in ``reference/tas_legr_hoyer.md`` (section 2); no code
-of the reference repository is used. Three agents act on the ranking-affine env (``envs/ranking_affine.py``,
+A clean-room re-implementation of the paper ("Towards Efficient Model Compression via Learned Global Ranking",
+arXiv:1904.12368) and of its reference code (github.com/cmu-enyac/LeGR), both summarised in docs/methods.md#legr;
+a name in brackets below, e.g. [evolution], is the heading of one of its subsections ("LeGR: evolution"). No
+code of the reference repository is used. Three agents act on the ranking-affine env (``envs/ranking_affine.py``,
 which holds the filter norms, the chains, the affine map and LeGR's greedy pruning to a FLOPs target):
 
-- ``legr`` (:class:`LegrAgent`): learns one (alpha, kappa) per conv by regularised evolution (2.5): a first
+- ``legr`` (:class:`LegrAgent`): learns one (alpha, kappa) per conv by regularised evolution [evolution]: a first
   population of random maps plus the identity, asked as one batch; then steady-state tournament selection
   (sample S with replacement, the parent is the fittest), mutation of a random 10% of the layers (drawn with
   replacement; alpha noise annealed linearly from 1 to 0.2, kappa noise N(0, std_l)), the child replaces the
   oldest member. Fitness is the env's reward (``legr``: minus the validation loss after the fidelity's tau-hat
-  fine-tune steps). The best candidate over all evaluated ones is kept, then deployed (2.6).
+  fine-tune steps). The best candidate over all evaluated ones is kept, then deployed [deployment].
 - ``l2-global`` (:class:`L2GlobalAgent`): the identity map, plain global L2-norm ranking; one evaluation.
 - ``uniform`` (:class:`UniformAgent`): the same keep ratio in every layer at the FLOPs target, filters chosen
   by L2 norm; one evaluation (a submitted student).
 
-Deployment (2.6), common to the three: prune the teacher with the learned ranking at one or several FLOPs
+Deployment [deployment], common to the three: prune the teacher with the learned ranking at one or several FLOPs
 targets (the same env, no rebuild) and fine-tune each student with LeGR's schedule (SGD Nesterov, lr 0.01,
 momentum 0.9, weight decay 5e-4, batch 128, the lr times 0.2 at 30%, 60% and 80% of the epochs), starting
 from the teacher's surviving weights. Splits: the search's fitness is measured on the env's reward split
@@ -45,7 +47,7 @@ STAGES = ("search", "deploy", "done")
 # ---------------------------------------------------------------------------------------------- configs
 @dataclass
 class DeployConfig:
-    """LeGR's deployment (2.6): FLOPs targets and the final fine-tune; shared by legr, l2-global and uniform."""
+    """LeGR's deployment [deployment]: FLOPs targets and the final fine-tune; shared by legr, l2-global and uniform."""
 
     targets: list[float] | None = None
     """Deployment targets, fractions of the teacher's MACs kept (LeGR Table 1: 0.47 and 0.70); None = the

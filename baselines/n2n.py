@@ -1,7 +1,9 @@
 """N2N: Network-to-Network compression by policy-gradient RL (Ashok, Rhinehart, Beainy, Kitani, ICLR 2018).
 
-A clean-room re-implementation from the specification in ``reference/n2n_esnac.md`` (part A); no code of
-the reference repository is used. The pipeline has three steps, all in :meth:`N2NAgent.run`:
+A clean-room re-implementation of the paper ("N2N Learning: Network to Network Compression via Policy
+Gradient Reinforcement Learning", arXiv:1709.06030) and of its reference code (github.com/anubhavashok/N2N),
+both summarised in docs/methods.md#n2n; no code of the reference repository is used. The pipeline has three
+steps, all in :meth:`N2NAgent.run`:
 
 1. **Stage 1, layer removal.** A bidirectional LSTM reads the teacher's layer sequence (one descriptor row
    per layer) and emits keep/remove for every layer at once (the first layer is forced to keep). Each
@@ -84,7 +86,7 @@ class N2NConfig:
     reference steps N times per epoch). False: one step on the summed loss of the epoch's rollouts."""
     mask_fixed_logprob: bool = False
     """False (reference): the joint log-prob sums every layer's log-prob, forced and fixed layers included.
-    True: only layers whose action matters (removable / width-deciding) enter the sum (spec part D)."""
+    True: only layers whose action matters (removable / width-deciding) enter the sum (docs/deviations.md#n2n)."""
     shortcut_token_misalignment: bool = False
     """Bug switch, default FIXED. True reproduces the reference's index drift: its builders skip projection
     shortcut layers without consuming an action, so the k-th non-shortcut layer receives the policy's k-th
@@ -129,10 +131,10 @@ class N2NConfig:
     policy_input: str = "scaled"
     """What the policies read per layer. 'scaled' (default): the env's observation row, N2N's descriptor
     divided by fixed constants with log2 widths plus a removable / width-deciding flag (8 columns).
-    'reference': the reference code's raw 5-vector [type, kernel, stride, #outputs, padding] (A3). The
-    default is scaled because raw integers up to 512 (or 2048) saturate the LSTM gates, so the policy's
-    input barely changes with the width, and the flag tells the policy which actions are forced; both
-    stay scale-compatible across teachers, so both transfer."""
+    'reference': the reference code's raw 5-vector [type, kernel, stride, #outputs, padding] (its ``run.py``;
+    docs/methods.md#n2n-state). The default is scaled because raw integers up to 512 (or 2048) saturate the
+    LSTM gates, so the policy's input barely changes with the width, and the flag tells the policy which
+    actions are forced; both stay scale-compatible across teachers, so both transfer."""
     batch_children: bool = True
     """Train an epoch's N children together on shared batches (the reference; each scored as it would be
     alone). False trains them one at a time (same scores, slower)."""
@@ -226,7 +228,8 @@ def constrained_reward(reward: float, eps: float) -> float:
 
 def reference_input(env: Any) -> np.ndarray:
     """The reference code's raw policy input for a removal or shrinkage env: one row per action layer,
-    [type, kernel, stride, #outputs, padding] as unscaled integers (reference A3)."""
+    [type, kernel, stride, #outputs, padding] as unscaled integers (the reference's ``run.py``;
+    docs/methods.md#n2n-state)."""
     arch = getattr(env, "parent", env.arch)
     rows = n2n_descriptors(arch)
     index = {name: i for i, name in enumerate(arch.layers)}

@@ -1,9 +1,12 @@
 """TAS: Network Pruning via Transformable Architecture Search (Dong & Yang, NeurIPS 2019), a white-box agent.
 
-A clean-room re-implementation from the specification in ``reference/tas_legr_hoyer.md`` (section 1); no code
-of the reference repository is used. :meth:`TASAgent.run` does the whole pipeline:
+A clean-room re-implementation of the paper (arXiv:1905.09717) and of its reference code
+(github.com/D-X-Y/AutoDL-Projects, TAS), both summarised in docs/methods.md#tas; a name in brackets below, e.g.
+[search space], is the heading of one of its subsections ("TAS: search space"). No code of the reference
+repository is used. :meth:`TASAgent.run` does the whole pipeline:
 
-1. **Search** (1.2-1.7). A super-network with the teacher's shape (basic-block ResNets) is trained from
+1. **Search** [search space], [widths and CWI], [depth aggregation], [FLOPs cost], [FLOPs loss],
+   [alternating optimisation]. A super-network with the teacher's shape (basic-block ResNets) is trained from
    random init. Every main-path conv (the stem included) has width logits over int(C * {0.3, ..., 1.0});
    every stage has depth logits over its candidate depths. A forward pass samples two widths per conv by
    Gumbel noise (top-2 without replacement), runs the full-width conv once, normalises each slice with its
@@ -11,13 +14,13 @@ of the reference repository is used. :meth:`TASAgent.run` does the whole pipelin
    Gumbel-softmax mixture of the outputs after each candidate depth. Weights (SGD, CE on the "train" half)
    and architecture (Adam, CE + lambda_cost * FLOPs loss on the "valid" half) alternate every iteration on
    a 50/50 per-class split of the training set; the temperature follows a cosine 5 -> 0.1 per epoch.
-2. **Genotype** (1.8). The last epoch's argmax width per conv and depth per stage.
-3. **Plain network** (1.9). The teacher with those per-conv widths and depths
+2. **Genotype** [genotype]. The last epoch's argmax width per conv and depth per stage.
+3. **Plain network** [plain network]. The teacher with those per-conv widths and depths
    (:func:`netcomp.surgery.set_conv_widths`, projections where an identity shortcut joins two widths),
    submitted to the env as a white-box result (scored like an episode). The search's seconds are charged.
-4. **Final training** (1.10). The student is trained with KD (lambda 0.9, T 4) from the env's inheritance
-   mode (``reinit`` in configs/tas.yaml: TAS trains from scratch) under the run's final-training caps, and
-   reported on the test split (``notes["final"]``, ``best_student.pt``).
+4. **Final training** [final KD training]. The student is trained with KD (lambda 0.9, T 4) from the env's
+   inheritance mode (``reinit`` in configs/tas.yaml: TAS trains from scratch) under the run's final-training
+   caps, and reported on the test split (``notes["final"]``, ``best_student.pt``).
 
 Switches for the reference code's quirks, the code's behaviour by default: ``symmetric_tolerance`` (the
 paper's two-sided tolerance), ``tau_schedule="linear"`` (the paper's 10 -> 0.1), ``cost_input_from_kept_block``
@@ -46,7 +49,7 @@ from netcomp.data import DeviceLoader, Split
 from netcomp.distill import TrainConfig
 from netcomp.surgery import blocks_of, set_conv_widths, set_stage_depths, width_convs
 
-#: Width candidates are int(C * r) for these ratios, de-duplicated and sorted (1.2).
+#: Width candidates are int(C * r) for these ratios, de-duplicated and sorted [search space].
 WIDTH_RATIOS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 TAU_SCHEDULES = ("cosine", "linear")
 
@@ -141,7 +144,7 @@ class TASConfig:
                 raise ValueError(f"TASConfig.{name}={getattr(self, name)!r} is invalid: expected {expected}")
 
     def final_config(self) -> TrainConfig:
-        """TAS's final KD training (1.10) as a TrainConfig."""
+        """TAS's final KD training [final KD training] as a TrainConfig."""
         return TrainConfig(
             epochs=self.final_epochs, batch_size=self.final_batch_size, loss="kd", kd_lambda=self.final_lambda,
             temperature=self.final_temperature, optimizer="sgd", lr=self.final_lr, momentum=0.9, nesterov=True,
@@ -165,7 +168,7 @@ def width_candidates(channels: int, ratios: Sequence[float] = WIDTH_RATIOS) -> l
 
 
 def depth_candidates(blocks: int) -> list[int]:
-    """TAS's CIFAR depth choices for a stage of ``blocks`` blocks (1.2): {1..n} for n <= 3, else the odd
+    """TAS's CIFAR depth choices for a stage of ``blocks`` blocks [search space]: {1..n} for n <= 3, else the odd
     numbers up to n, with n appended when it is even."""
     if blocks <= 3:
         return list(range(1, blocks + 1))
@@ -230,7 +233,8 @@ class TASSpace:
         return self.arch.node(name).kernel ** 2
 
     def plain(self, widths: Sequence[int], depths: Sequence[int]) -> Arch:
-        """The plain network of a genotype (1.9): the first ``depths[s]`` blocks, conv i ``widths[i]`` wide."""
+        """The plain network of a genotype [plain network]: the first ``depths[s]`` blocks, conv i ``widths[i]``
+        wide."""
         cut = {s: d for s, d, b in zip(self.stages, depths, self.blocks) if d < len(b)}
         student = set_stage_depths(self.arch, cut) if cut else self.arch
         return set_conv_widths(student, {c: int(w) for c, w in zip(self.convs, widths)
@@ -240,7 +244,7 @@ class TASSpace:
 # ---------------------------------------------------------------------------------------------- FLOPs
 def expected_cost(space: TASSpace, width_probs: Sequence[torch.Tensor], depth_probs: Sequence[torch.Tensor]
                   ) -> torch.Tensor:
-    """E_cost in MFLOPs (1.5): per conv k^2 * HW * E[C_in] * E[C_out], a product of expectations as the
+    """E_cost in MFLOPs [FLOPs cost]: per conv k^2 * HW * E[C_in] * E[C_out], a product of expectations as the
     reference computes it; a block's cost is weighted by the probability that the chosen depth keeps it;
     each conv's input is the expected output of the previous conv in sequence."""
     e = [(p * torch.tensor(c, dtype=p.dtype, device=p.device)).sum() for p, c in zip(width_probs, space.candidates)]
@@ -266,7 +270,7 @@ def _block_cost(space: TASSpace, block: Block, cin: Any, ca: Any, cb: Any) -> An
 
 def exact_cost(space: TASSpace, widths: Sequence[int], depths: Sequence[int], input_from_kept_block: bool = False
                ) -> float:
-    """F_cost in MFLOPs (1.5): the argmax genotype's MACs, with the 1x1 projection the plain network inserts
+    """F_cost in MFLOPs [FLOPs cost]: the argmax genotype's MACs, with the 1x1 projection the plain network inserts
     where an identity shortcut joins two widths. With ``input_from_kept_block=False`` (the code) the next
     stage's first block reads the previous block in sequence, even one the depth cut dropped."""
     stem = space.convs[0]
@@ -288,7 +292,7 @@ def exact_cost(space: TASSpace, widths: Sequence[int], depths: Sequence[int], in
 
 def flop_loss(expected: torch.Tensor, actual: float, target: float, max_flop: float, tolerance: float,
               symmetric: bool = False) -> torch.Tensor:
-    """L_cost (1.6): -log E when the argmax is too cheap, +log E when too costly, 0 inside the band.
+    """L_cost [FLOPs loss]: -log E when the argmax is too cheap, +log E when too costly, 0 inside the band.
 
     Code: too cheap below R - t * MAX, too costly above R. Paper (``symmetric``): below (1 - t) R, above (1 + t) R.
     """
@@ -324,7 +328,7 @@ def cwi_matrix(channels_in: int, channels_out: int, device: torch.device | str =
 
 
 def cwi(x: torch.Tensor, channels: int) -> torch.Tensor:
-    """Channel-wise interpolation (1.3): 3-D adaptive average pooling of (C, H, W) to (channels, H, W).
+    """Channel-wise interpolation [widths and CWI]: 3-D adaptive average pooling of (C, H, W) to (channels, H, W).
 
     H and W are unchanged, so it is a fixed linear map along channels, computed as a 1x1 conv with the
     :func:`cwi_matrix` weights (equal to ``adaptive_avg_pool3d``, several times faster on CPU).
@@ -336,7 +340,7 @@ def cwi(x: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 def add_mismatched(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """A residual add of two widths: the narrower is added into the first channels of the wider (1.3.6)."""
+    """A residual add of two widths: the narrower is added into the first channels of the wider [widths and CWI]."""
     if a.shape[1] == b.shape[1]:
         return a + b
     wide, narrow = (a, b) if a.shape[1] > b.shape[1] else (b, a)
@@ -355,7 +359,7 @@ def gumbel_logits(logits: torch.Tensor, tau: float, generator: torch.Generator) 
 
 def sample_widths(logits: torch.Tensor, tau: float, generator: torch.Generator) -> tuple[list[int], torch.Tensor]:
     """Two distinct candidate indices drawn from the Gumbel-softmax p (no gradient) and their renormalised
-    weights p_i / (p_i1 + p_i2), through which the gradient reaches the logits (1.3)."""
+    weights p_i / (p_i1 + p_i2), through which the gradient reaches the logits [widths and CWI]."""
     probs = gumbel_logits(logits, tau, generator).softmax(-1)
     k = min(2, probs.numel())
     with torch.no_grad():
@@ -365,7 +369,7 @@ def sample_widths(logits: torch.Tensor, tau: float, generator: torch.Generator) 
 
 
 class SearchConv(nn.Module):
-    """A conv of the super-network: one full-width conv, one BatchNorm per candidate width (1.3)."""
+    """A conv of the super-network: one full-width conv, one BatchNorm per candidate width [widths and CWI]."""
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int, padding: int, candidates: Sequence[int],
                  relu: bool) -> None:
@@ -411,7 +415,7 @@ class SuperNet(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        """Kaiming normal (fan_out, relu) convs, BN 1/0, linear N(0, 0.01) with zero bias (1.2)."""
+        """Kaiming normal (fan_out, relu) convs, BN 1/0, linear N(0, 0.01) with zero bias [search space]."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -429,7 +433,7 @@ class SuperNet(nn.Module):
         return [p for p in self.parameters() if id(p) not in ids]
 
     def forward(self, x: torch.Tensor, tau: float, generator: torch.Generator) -> torch.Tensor:
-        """Search mode: sample two widths per conv, mix depths per stage (1.3, 1.4)."""
+        """Search mode: sample two widths per conv, mix depths per stage [widths and CWI], [depth aggregation]."""
         space = self.space
         choices = [sample_widths(a, tau, generator) for a in self.alphas]
         h = self.convs[0](x, choices[0])
@@ -454,7 +458,7 @@ class SuperNet(nn.Module):
         return expected_cost(self.space, [a.softmax(-1) for a in self.alphas], [b.softmax(-1) for b in self.betas])
 
     def genotype(self) -> tuple[list[int], list[int]]:
-        """The argmax widths (per conv) and depths (per stage) (1.8)."""
+        """The argmax widths (per conv) and depths (per stage) [genotype]."""
         widths = [c[int(a.argmax())] for a, c in zip(self.alphas, self.space.candidates)]
         depths = [d[int(b.argmax())] for b, d in zip(self.betas, self.space.depths)]
         return widths, depths

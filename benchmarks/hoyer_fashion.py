@@ -5,8 +5,9 @@ with ``configs/hoyer.yaml``'s ``fast`` preset (the MNIST recipe, Adam 1e-3, cut 
 images; prune |w| < 0.25 std per tensor) through the channel-ratio env, once per regulariser with its own
 decay list. Each point is the physically shrunk student with its fine-tuned weights, scored as submitted.
 Prints, per point: alive channels per layer (conv1, conv2, fc1, fc2 outputs), MACs and params of the real
-student, the paper's FLOPs proxy (H*W*k^2*nz_in*nz_out per layer of the sparse model, section 3.7), element
-density of the pruned weights, validation (env) and test accuracy, and the agent's training seconds.
+student, the paper's FLOPs proxy (H*W*k^2*nz_in*nz_out per layer of the sparse model; see
+docs/methods.md#deephoyer-measuring-sparsity), element density of the pruned weights, validation (env) and
+test accuracy, and the agent's training seconds.
 
 Element-wise Hoyer-Square points (``--hs``) report density; their network is the teacher's shape unless
 whole channels died. Usage:

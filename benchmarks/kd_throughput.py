@@ -3,8 +3,9 @@
 What it measures: images per second (and seconds per 50,000-image epoch) of knowledge distillation of a
 ResNet-18-shaped student (CIFAR variant: 32x32 inputs, 3 channels, 10 classes) from a ResNet-18 teacher,
 with MSE between student and teacher logits, Adam, and random-crop (pad 4) + horizontal-flip augmentation.
-Why: the reward of every compression episode is a short KD run, so its throughput is the product's speed
-(DESIGN.md section 4); the claim is shown as a ratio against the usual way of writing the same training.
+Why: the reward of every compression episode is a short KD run, so its throughput is the product's speed;
+the claim is shown as a ratio against the usual way of writing the same training (results recorded in
+benchmarks/README.md, section ``kd_throughput.py``).
 
 Pipelines (same images, batch size, optimiser, loss, teacher forward per batch):
 

@@ -23,7 +23,8 @@ from netcomp.arch import (
 )
 from netcomp.surgery import add_skips, set_widths
 
-#: ESNAC's sampler (B4): removal probability set, shrink-ratio range, skip probability set.
+#: ESNAC's sampler (options.py's ar_p1, ar_p2, ar_p3 in the reference code, github.com/Friedrich1006/ESNAC;
+#: docs/methods.md#esnac-search-space-and-sampler): removal probability set, shrink-ratio range, skip probability set.
 REMOVE_PROBS = (0.3, 0.4, 0.5, 0.6, 0.7)
 SHRINK_RANGE = (0.0, 1.0)
 SKIP_PROBS = (0.003, 0.005, 0.01, 0.03, 0.05)
@@ -186,7 +187,8 @@ class EditEnv(CompressionEnv):
         return drop_identities(set_widths(arch, widths))
 
     def sample_action(self, rng: np.random.Generator | None = None) -> np.ndarray:
-        """A candidate from ESNAC's random sampler (B4); skips into removed nodes are never drawn.
+        """A candidate from ESNAC's random sampler (the reference's ``Architecture.comp_action_rand``;
+        docs/methods.md#esnac-search-space-and-sampler); skips into removed nodes are never drawn.
 
         ``rng`` defaults to the action space's generator (seeded by ``action_space.seed``)."""
         rng = self.action_space.np_random if rng is None else rng
@@ -205,8 +207,9 @@ class EditEnv(CompressionEnv):
         return esnac_descriptor(self.arch, student, self.max_layers)
 
     def descriptor_of_action(self, action: Any, max_layers: int | None = None) -> np.ndarray | None:
-        """ESNAC's representation straight from an action, without building the network (B4), or None where
-        that shortcut would not be exact (then use :meth:`descriptor` of the student).
+        """ESNAC's representation straight from an action, without building the network (the reference's
+        ``Architecture.comp_rep``; docs/methods.md#esnac-search-space-and-sampler), or None where that shortcut
+        would not be exact (then use :meth:`descriptor` of the student).
 
         The teacher's descriptor with removed rows turned into Identity rows (their edges kept), the in/out
         channels of conv and linear rows set to their width class's new width, and each added skip i -> j set

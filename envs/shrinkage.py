@@ -34,7 +34,7 @@ class ShrinkRoles:
 
 
 def shrink_roles(parent: Arch) -> ShrinkRoles:
-    """N2N's stage-2 roles (reference A5) for a network, read from its graph.
+    """N2N's stage-2 roles (docs/methods.md#n2n-actions) for a network, read from its graph.
 
     Plain layers (outside residual blocks): a conv with stride != 1 and every linear layer are fixed. Inside
     a residual block N2N's block rule applies instead: every conv may shrink, stride-2 convs included (the
@@ -98,7 +98,7 @@ class ShrinkageEnv(CompressionEnv):
 
     ## Version History
     - v0: initial version. Only the output width shrinks; N2N's kernel/stride/padding slots are not
-      searched (see the README's deviations table).
+      searched (see docs/deviations.md).
     """
 
     space = "shrinkage"

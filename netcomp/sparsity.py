@@ -2,7 +2,8 @@
 
 A small engine module with no gym inside: any training loop adds ``decay * penalty(tensors, name)`` to its
 loss, prunes with :func:`prune_masks` / :func:`apply_masks`, and fine-tunes with :func:`mask_gradients`
-called between ``backward()`` and ``optimizer.step()`` (specified from reference/tas_legr_hoyer.md section 3).
+called between ``backward()`` and ``optimizer.step()``. The method: arXiv:1908.09979, reference code
+github.com/yanghr/DeepHoyer, summarised in docs/methods.md#deephoyer.
 
 Regularisers of one tensor W (:data:`ELEMENTWISE`, :data:`STRUCTURAL`):
 
