@@ -21,6 +21,10 @@ AGENTS: dict[str, str] = {
     "random": "agents.random_search:RandomAgent",
     "ppo": "agents.sb3:PPOAgent",
     "a2c": "agents.sb3:A2CAgent",
+    "tpe": "agents.optuna_agents:TPEAgent",
+    "cmaes": "agents.optuna_agents:CmaEsAgent",
+    "gp": "agents.optuna_agents:GPAgent",
+    "nsga2": "agents.optuna_agents:NSGA2Agent",
 }
 
 
