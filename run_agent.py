@@ -12,14 +12,18 @@ agents/rundir.py; this file is the command line only.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from pathlib import Path
 
 from agents.rundir import ConfigError, ReplayMismatch, RunLocked, resolve_config  # noqa: F401 (public API)
+from netcomp.errors import UserError
 from netcomp.teachers import CacheNotWritableError
 
 #: Errors that are the user's input or the run directory's state: one line on stderr, exit code 2.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, CacheNotWritableError,
-               RunLocked, ReplayMismatch)
+USER_ERRORS = (UserError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError, CacheNotWritableError)
+#: Flags --validate reads; any other flag given with it would be ignored, so it is refused.
+VALIDATE_FLAGS = ("validate", "top", "tolerance", "device", "teacher", "data_root", "download")
 
 
 def list_everything() -> None:
@@ -59,6 +63,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="let --load-policy unpickle an SB3 zip (runs code from the file: trusted files only)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int,
+                   help="torch CPU threads to train with (default: this machine's count); recorded in the run, so "
+                        "a resume or --validate elsewhere computes the same numbers")
     p.add_argument("--data-root", dest="data_root", help="folder with the datasets (torchvision layout)")
     p.add_argument("--download", action="store_true", help="let torchvision download the dataset")
     p.add_argument("--workers", type=int,
@@ -70,18 +77,54 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "teacher, fidelity and data, then write leaderboard.md/.csv, best_so_far.png, pareto.png")
     p.add_argument("--validate", metavar="RUN_DIR",
                    help="rebuild and re-score a run's top students; print recorded vs replayed rewards")
-    p.add_argument("--top", type=int, default=5, help="with --validate: how many students (default 5)")
+    p.add_argument("--top", type=int, help="with --validate: how many students (default 5)")
     p.add_argument("--tolerance", type=float, default=None,
                    help="with --validate: largest |recorded - replayed| reward that agrees (default: 0 on CPU)")
+    p.add_argument("--study-storage", dest="study_storage",
+                   help="the Optuna agents (tpe, cmaes, gp, nsga2): share one study with other runs through this "
+                        "journal file or RDB URL (command line only; give it again on --resume)")
     p.add_argument("--list", action="store_true", help="list environments and agents")
     return p.parse_args(argv)
 
 
 def _is_comparison(resume: str | None) -> bool:
     """Whether --resume names a comparison directory (it holds compare.yaml) rather than one run."""
-    from pathlib import Path
-
     return bool(resume) and (Path(resume) / "compare.yaml").exists()
+
+
+def given_flags(args: argparse.Namespace) -> list[str]:
+    """The flags the command line set (not at their defaults), by destination name."""
+    defaults = vars(parse_args([]))
+    return [k for k, v in vars(args).items() if v != defaults.get(k)]
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """UserError for flags that cannot go together or have impossible values, before anything runs."""
+    def name(dest: str) -> str:
+        return "--" + dest.replace("_", "-")
+
+    if args.validate:
+        ignored = [name(f) for f in given_flags(args) if f not in VALIDATE_FLAGS]
+        if ignored:
+            raise UserError(f"--validate takes only {', '.join(name(f) for f in VALIDATE_FLAGS[1:])}; "
+                            f"{', '.join(ignored)} would be ignored")
+    if args.tolerance is not None and not (math.isfinite(args.tolerance) and args.tolerance >= 0):
+        raise UserError(f"--tolerance {args.tolerance} is not a number >= 0")
+    if args.top is not None and args.top < 1:
+        raise UserError(f"--top must be >= 1, got {args.top}")
+    for flag in ("seed", "seeds", "budget", "threads", "workers"):
+        value = getattr(args, flag)
+        low = 0 if flag in ("seed", "workers") else 1
+        if value is not None and value < low:
+            raise UserError(f"{name(flag)} must be >= {low}, got {value}")
+    if args.budget_seconds is not None and not (math.isfinite(args.budget_seconds) and args.budget_seconds > 0):
+        raise UserError(f"--budget-seconds must be a number > 0, got {args.budget_seconds}")
+    if args.agent is not None and not [a for a in args.agent.split(",") if a.strip()]:
+        raise UserError(f"--agent {args.agent!r} names no agent")
+    if args.resume and not _is_comparison(args.resume) and args.seeds is not None:
+        raise UserError(f"--seeds starts a comparison; {args.resume} is one run: resume it without --seeds")
+    if args.config and not args.resume and Path(args.config).is_dir():
+        raise UserError(f"--config {args.config} is a folder; expected a YAML file")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     from agents.rundir import start
 
     try:
+        check_flags(args)
         if args.validate:
             from agents.validate import validate_command
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,8 +33,9 @@ import numpy as np
 import torch
 
 from netcomp.arch import Arch, arch_from_dict, arch_to_dict
+from netcomp.errors import UserError, disk_full_error
 from netcomp.files import torch_save_atomic
-from netcomp.jsonl import append_jsonl, read_jsonl
+from netcomp.jsonl import CorruptLineWarning, append_jsonl, read_jsonl
 from netcomp.surgery import save_student
 
 
@@ -127,11 +129,27 @@ class RunLog:
     skip_until: int = 0
     callbacks: list[Callable[[dict], None]] = field(default_factory=list)
     start: float = field(default_factory=time.perf_counter)
+    #: the evaluators of the run's envs (each once), whose trainings the harness checks against the records
+    evaluators: list[Any] = field(default_factory=list)
+    #: records before this position were read from disk; the ones after were made by this process
+    session_start: int = -1
+
+    def __post_init__(self) -> None:
+        if self.session_start < 0:
+            self.session_start = len(self.records)
+
+    def watch(self, evaluator: Any) -> None:
+        """Count ``evaluator``'s trainings in this run's accounting (once, however many envs share it)."""
+        if evaluator is not None and all(evaluator is not e for e in self.evaluators):
+            self.evaluators.append(evaluator)
 
     def add(self, record: dict) -> None:
         self.records.append(record)
         if self.path is not None and record["index"] >= self.skip_until:
-            append_jsonl(self.path, record)
+            try:
+                append_jsonl(self.path, record)
+            except OSError as exc:
+                raise disk_full_error(self.path, exc) from None
         for callback in self.callbacks:
             callback(record)
 
@@ -148,6 +166,7 @@ class Recorder(gym.Wrapper):
     def __init__(self, env: gym.Env, log: RunLog | Budget) -> None:
         super().__init__(env)
         self.log = log if isinstance(log, RunLog) else RunLog(log)
+        self.log.watch(getattr(env.unwrapped, "evaluator", None))
         self._actions: list[Any] = []
         self._replay: dict[str, Any] | None = None
 
@@ -211,10 +230,12 @@ class Recorder(gym.Wrapper):
         """
         self._check_budget(1)
         info = self.env.unwrapped.score_student(student, weights, train=train)
-        extra = {"student": arch_to_dict(student), "trained": weights is None or bool(train)}
+        is_student = isinstance(student, Arch)
+        extra = {"student": arch_to_dict(student) if is_student else None, "trained": weights is None or bool(train)}
         if facts:
             extra["facts"] = to_jsonable(dict(facts))
-        if weights is not None and self.log.path is not None:
+        tensors = isinstance(weights, Mapping) and all(isinstance(v, torch.Tensor) for v in weights.values())
+        if tensors and self.log.path is not None and is_student:
             path = self.log.path.parent / "submitted" / f"{self.budget.used}.pt"
             torch_save_atomic({k: v.detach().cpu() for k, v in weights.items()}, path)
             extra["weights"] = str(path.relative_to(self.log.path.parent))
@@ -240,7 +261,8 @@ class Recorder(gym.Wrapper):
                 "compression", "arch_key", "eval_seconds", "invalid_reason")},
             "cached": cached,
             "wall_seconds": time.perf_counter() - self.log.start,
-            "replay": {**self.replay_spec(), "train_seed": int(self.env.unwrapped.train_seed)},
+            "replay": {**self.replay_spec(), "train_seed": int(self.env.unwrapped.train_seed),
+                       "threads": torch.get_num_threads()},
             **(extra or {}),
         }
         self.log.add(record)
@@ -251,13 +273,34 @@ class Recorder(gym.Wrapper):
         return max(self.records, key=lambda r: r["reward"], default=None)
 
 
+class CorruptRecord(UserError):
+    """A line in the middle of ``evaluations.jsonl`` is damaged: no kill or full disk can do that."""
+
+
 def read_records(path: Path) -> list[dict]:
     """The evaluations a run has written ([] if none).
 
     A torn last line (a kill or a full disk mid-append) is dropped and cut off the file, so a resumed run
-    appends on a clean line; a bad line in the middle is skipped with a warning (see netcomp.jsonl).
+    appends on a clean line. A damaged line in the middle, or a line whose index is out of order, is not
+    something a kill can leave: :class:`CorruptRecord` names the line and what to do, since skipping it would
+    shift every later evaluation and give a silently wrong record.
     """
-    return read_jsonl(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows = read_jsonl(path)
+    for w in caught:
+        if issubclass(w.category, CorruptLineWarning):
+            raise CorruptRecord(f"{w.message} -- a kill only ever tears the LAST line (that one is repaired on "
+                                f"its own); a damaged middle line means the file was edited or the disk is failing. "
+                                f"Restore the line from a backup, or move that line and every line after it to "
+                                f"another file and --resume: the run continues from the lines before it") from None
+        warnings.warn(w.message, w.category, stacklevel=2)
+    for position, row in enumerate(rows):
+        if not isinstance(row.get("index"), int) or row["index"] != position or "reward" not in row:
+            raise CorruptRecord(f"{path}: line {position + 1} is not evaluation {position} (index "
+                                f"{row.get('index')!r}); the file was edited. Restore it, or move that line and "
+                                f"every line after it to another file and --resume from the lines before it")
+    return rows
 
 
 class Agent(ABC):

@@ -37,21 +37,34 @@ import yaml
 from agents.base import Budget, RunLog, read_records
 from agents.report import save_figure
 from agents.rundir import (
+    CLI_ONLY,
     RUN_DEFAULTS,
     ConfigError,
+    agent_source,
     agent_yaml,
+    check_config,
+    check_keys,
+    check_resumed_agent,
+    check_run_settings,
     locked,
     prepare,
     read_user_config,
+    read_yaml_file,
     resolve_config,
     start,
+    torch_threads_now,
 )
-from netcomp.files import write_text_atomic
+from netcomp.files import remove_stale_temporaries, write_text_atomic
 
 COMPARE_FILE = "compare.yaml"
 #: Run settings every run of a comparison shares (the flags set them; agents' config files cannot).
 SHARED_KEYS = ("budget", "budget_seconds", "fidelity", "device", "data_root", "download", "teacher", "workers",
-               "ray_address")
+               "ray_address", "threads")
+#: compare.yaml's keys.
+SPEC_KEYS = ("env", "agents", "seeds", "preset", "run", "agent_sources")
+#: Flags a comparison's resume cannot take: they would change what it computes (or be ignored).
+FIXED_ON_RESUME = ("env", "seeds", "budget", "budget_seconds", "fidelity", "preset", "teacher", "config", "mode",
+                   "load_policy", "seed", "data_root", "download", "threads")
 #: "Reached 95% of its final best": the first evaluation whose best so far is within 5% of |final best|.
 REACH_FRACTION = 0.95
 
@@ -70,8 +83,15 @@ def compare_command(args: argparse.Namespace) -> int:
             raise ConfigError(f"{out} already holds a comparison; use --resume {out} or another --out")
     configs = run_configs(spec)  # every agent checked before anything trains
     with locked(out):
+        remove_stale_temporaries(out)
         if not (out / COMPARE_FILE).exists():
-            write_text_atomic(out / COMPARE_FILE, yaml.safe_dump(spec, sort_keys=False))
+            saved = {**spec, "run": {**spec["run"], **{k: RUN_DEFAULTS[k] for k in CLI_ONLY if k in spec["run"]}}}
+            write_text_atomic(out / COMPARE_FILE, yaml.safe_dump(saved, sort_keys=False))
+        mixed = [p for (agent, seed), config in configs.items()
+                 if (p := config_mismatch(out / run_label(agent, seed), config))]
+        if mixed:
+            raise ConfigError(f"{out} mixes runs of different settings, so its leaderboard would compare unlike "
+                              f"runs: {' | '.join(mixed)}; move those run directories aside or start a new comparison")
         for i, ((agent, seed), config) in enumerate(configs.items(), 1):
             run_dir = out / run_label(agent, seed)
             print(f"\n[{i}/{len(configs)}] {agent} seed {seed} -> {run_dir}", flush=True)
@@ -117,6 +137,8 @@ def comparison_spec(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError("--load-policy and --mode apply to one run, not a comparison; each agent runs with its "
                           "own configs/<agent>.yaml (and --preset where it has one)")
     agents = [a.strip() for a in args.agent.split(",") if a.strip()]
+    if not agents:
+        raise ConfigError(f"--agent {args.agent!r} names no agent")
     if len(set(agents)) != len(agents):
         raise ConfigError(f"--agent lists an agent twice: {args.agent}")
     seeds = args.seeds if args.seeds is not None else 1
@@ -131,8 +153,11 @@ def comparison_spec(args: argparse.Namespace) -> dict[str, Any]:
             run[key] = value
     if args.budget is None and args.budget_seconds is not None:
         run["budget"] = None
+    if run.get("threads") is None:  # one thread count for every run, recorded (numerics depend on it on CPU)
+        run["threads"] = torch_threads_now()
+    sources = {a: agent_source(a) for a in agents if ":" in a}
     return {"env": args.env, "agents": agents, "seeds": list(range(first, first + seeds)), "preset": args.preset,
-            "run": run}
+            "run": run, "agent_sources": sources}
 
 
 def _shared_config(path: str | None) -> dict[str, Any]:
@@ -148,17 +173,88 @@ def _shared_config(path: str | None) -> dict[str, Any]:
     return run
 
 
+def read_spec(out: Path) -> dict[str, Any]:
+    """compare.yaml, its shape checked: ConfigError naming what is wrong (a hand-edited or damaged file)."""
+    where = out / COMPARE_FILE
+    spec = read_yaml_file(where, "the comparison file")
+    check_keys(spec, SPEC_KEYS, str(where))
+    agents, seeds = spec.get("agents"), spec.get("seeds")
+    if not isinstance(spec.get("env"), str):
+        raise ConfigError(f"{where}: env {spec.get('env')!r} is not an env name")
+    if not (isinstance(agents, list) and agents and all(isinstance(a, str) and a for a in agents)) \
+            or len(set(agents)) != len(agents):
+        raise ConfigError(f"{where}: agents {agents!r} is not a list of distinct agent names")
+    if not (isinstance(seeds, list) and seeds and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                                                      for x in seeds)) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{where}: seeds {seeds!r} is not a list of distinct integers >= 0")
+    if spec.get("preset") is not None and not isinstance(spec["preset"], str):
+        raise ConfigError(f"{where}: preset {spec['preset']!r} is not a preset name")
+    run = spec.get("run")
+    check_keys(run, (*SHARED_KEYS, "env_kwargs", "dataset_kwargs"), f"{where} run:")
+    check_run_settings(run, f"{where} run:")
+    for key in ("budget", "budget_seconds", "fidelity"):
+        if key not in run:
+            raise ConfigError(f"{where} run: has no {key}")
+    return spec
+
+
 def _resume_spec(out: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """The saved spec of a comparison; flags that would change it are refused."""
-    spec = yaml.safe_load((out / COMPARE_FILE).read_text())
-    for flag in ("env", "agent", "seeds", "budget", "budget_seconds", "fidelity", "preset", "teacher", "config"):
-        if getattr(args, flag, None) is not None:
+    """The saved spec of a comparison; flags that would change it are refused. Where it runs (device, Ray
+    workers and address) and trust come from the command line only; a comparison of a user's agent resumes
+    only when --agent names the same agents again (compare.yaml never chooses code to import)."""
+    spec = read_spec(out)
+    for flag in FIXED_ON_RESUME:
+        if getattr(args, flag, None) not in (None, False):
             raise ConfigError(f"--{flag.replace('_', '-')} cannot change the comparison in {out}; it is fixed by "
                               f"{out / COMPARE_FILE}")
+    if args.out and Path(args.out).resolve() != out.resolve():
+        raise ConfigError(f"--out {args.out} with --resume {out}: a resumed comparison stays in its directory")
+    users = [a for a in spec["agents"] if ":" in a]
+    given = [a.strip() for a in (args.agent or "").split(",") if a.strip()]
+    if args.agent is not None and given != spec["agents"]:
+        raise ConfigError(f"--agent {args.agent} differs from the comparison's agents {','.join(spec['agents'])}")
+    if users and not given:
+        raise ConfigError(f"{out} compares your agent(s) {', '.join(users)}: resume with --agent "
+                          f"{','.join(spec['agents'])} (a comparison file never chooses code to run)")
+    for key in CLI_ONLY:
+        if key in spec["run"]:
+            spec["run"][key] = RUN_DEFAULTS[key]
     for key in ("device", "workers", "ray_address"):  # where it runs may change, not what it computes
         if getattr(args, key, None) is not None:
             spec["run"][key] = getattr(args, key)
+    for agent in users:
+        check_resumed_agent({"agent": agent, "agent_source": (spec.get("agent_sources") or {}).get(agent)}, agent,
+                            out)
     return spec
+
+
+#: A run's settings that must equal its comparison's (besides env, agent and seed).
+MATCHED = (*SHARED_KEYS, "env_kwargs", "dataset_kwargs")
+
+
+def config_mismatch(run_dir: Path, expected: dict) -> str | None:
+    """How a run directory's saved config differs from what its comparison would run (None: it matches, or
+    the run has not started). Where it runs (device, workers) may differ."""
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        return None
+    saved = read_yaml_file(path, "the run's config") or {}
+    check_config(saved, str(path))
+    diffs = [f"{key} {saved.get(key)!r} (expected {expected.get(key)!r})" for key in ("env", "agent", "preset")
+             if saved.get(key) != expected.get(key) and not (key == "env" and _same_env_id(saved, expected))]
+    run, want = saved.get("run") or {}, expected["run"]
+    diffs += [f"{key} {run.get(key)!r} (expected {want.get(key)!r})" for key in (*MATCHED, "seed")
+              if key not in ("device", "workers", "ray_address") and run.get(key) != want.get(key)]
+    return f"{run_dir.name}: " + ", ".join(diffs) if diffs else None
+
+
+def _same_env_id(a: dict, b: dict) -> bool:
+    import envs
+
+    try:
+        return envs.parse_env_id(str(a.get("env"))) == envs.parse_env_id(str(b.get("env")))
+    except ValueError:
+        return False
 
 
 def run_label(agent: str, seed: int) -> str:
@@ -229,7 +325,8 @@ def _run_one(config: dict, run_dir: Path) -> None:
                  device=None, seed=None, data_root=None, download=False, workers=None, ray_address=None)
     if (run_dir / "config.yaml").exists():
         where = {key: config["run"].get(key) for key in ("device", "workers", "ray_address")}  # may change
-        start(argparse.Namespace(**{**flags, **where, "resume": str(run_dir)}))
+        agent = config["agent"] if ":" in config["agent"] else None  # checked against the command line already
+        start(argparse.Namespace(**{**flags, **where, "agent": agent, "resume": str(run_dir)}))
     else:
         start(argparse.Namespace(**{**flags, "out": str(run_dir)}), config=config)
 
@@ -259,6 +356,8 @@ class RunResult:
     final_test: float | None
     #: all the training seconds the run spent: its students' and a white-box agent's own (charged) search
     train_seconds: float | None = None
+    #: False when the run's accounting did not add up (students trained outside the recorder, an edited budget)
+    comparable: bool = True
 
 
 def reach_threshold(best: float) -> float:
@@ -292,7 +391,8 @@ def run_result(agent: str, seed: int, run_dir: Path) -> RunResult | None:
              if summary else None)
     return RunResult(agent, seed, len(records), float(best["reward"]), best.get("accuracy"),
                      best.get("compression"), best.get("macs"), reached + 1, seconds[reached],
-                     final.get("test_accuracy") if final.get("valid") else None, spent)
+                     final.get("test_accuracy") if final.get("valid") else None, spent,
+                     comparable=bool(summary.get("comparable", True)))
 
 
 #: Leaderboard columns: (name, RunResult field, format).
@@ -316,7 +416,8 @@ def leaderboard(results: list[RunResult]) -> list[dict[str, Any]]:
     rows = []
     for agent in dict.fromkeys(r.agent for r in results):
         mine = [r for r in results if r.agent == agent]
-        row: dict[str, Any] = {"agent": agent, "seeds": len(mine), "evaluations": sum(r.evaluations for r in mine)}
+        row: dict[str, Any] = {"agent": agent, "seeds": len(mine), "evaluations": sum(r.evaluations for r in mine),
+                               "not_comparable": sum(not r.comparable for r in mine)}
         for _, field_name, _ in COLUMNS:
             mean, std, count = mean_std([getattr(r, field_name) for r in mine])
             row[f"{field_name}_mean"], row[f"{field_name}_std"], row[f"{field_name}_n"] = mean, std, count
@@ -329,7 +430,9 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     head = ["agent", "seeds", *(name for name, _, _ in COLUMNS)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        cells = [row["agent"], str(row["seeds"])]
+        bad = row.get("not_comparable")
+        flag = f" (NOT COMPARABLE: {bad} run(s), see summary.json)" if bad else ""
+        cells = [row["agent"] + flag, str(row["seeds"])]
         for _, field_name, fmt in COLUMNS:
             mean, std, n = row[f"{field_name}_mean"], row[f"{field_name}_std"], row[f"{field_name}_n"]
             cell = "-" if mean is None else f"{fmt.format(mean)} ± {fmt.format(std)}"
@@ -341,7 +444,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 def csv_text(rows: list[dict[str, Any]]) -> str:
     """The leaderboard as CSV: agent, seeds, evaluations, then mean, std and n of every column."""
     buffer = io.StringIO()
-    fields = ["agent", "seeds", "evaluations"] + [f"{f}_{s}" for _, f, _ in COLUMNS for s in ("mean", "std", "n")]
+    fields = ["agent", "seeds", "evaluations", "not_comparable"] + [f"{f}_{s}" for _, f, _ in COLUMNS
+                                                                   for s in ("mean", "std", "n")]
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)

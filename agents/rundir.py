@@ -23,7 +23,9 @@ import contextlib
 import copy
 import errno
 import fcntl
+import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -33,9 +35,10 @@ from typing import Any
 
 import yaml
 
-from agents.base import Budget, RunLog, read_records
+from agents.base import Budget, BudgetExhausted, RunLog, read_records
 from agents.report import best_table, write_plots
-from netcomp.files import torch_save_atomic, write_text_atomic
+from netcomp.errors import UserError
+from netcomp.files import remove_stale_temporaries, torch_save_atomic, write_text_atomic
 
 #: The run settings a config may hold, with their defaults.
 RUN_DEFAULTS: dict[str, Any] = {
@@ -58,27 +61,62 @@ RUN_DEFAULTS: dict[str, Any] = {
     "workers": None,         # Ray actors that train the students of batched asks (None: this process, no Ray)
     "ray_address": None,     # a running Ray cluster (HEAD:6379); None: a local one on this machine
     "worker_gpus": None,     # each actor's GPU share (0.25: four actors per GPU); None: 1 if the cluster has GPUs
+    "threads": None,         # torch intra-op CPU threads the run trains with (None: this machine's count, then
+                             # recorded, so a resume or --validate elsewhere computes the same floats)
 }
+#: Settings only the command line gives: a run directory (config.yaml, compare.yaml) or a --config file never
+#: holds code to trust, or a network address to connect to (a shared run directory is data).
+CLI_ONLY = ("trust_pickle", "workers", "ray_address")
+#: What each run setting must be: (types, test, expectation) for :func:`check_run_settings`.
+_INT, _NUM, _STR, _MAP = (int,), (int, float), (str,), (dict,)
+RUN_TYPES: dict[str, tuple[tuple[type, ...], Any, str]] = {
+    "budget": (_INT, lambda v: v >= 1, "an integer >= 1 (or null with budget_seconds)"),
+    "budget_seconds": (_NUM, lambda v: math.isfinite(v) and v > 0, "a number of seconds > 0 (or null)"),
+    "fidelity": ((str, dict), None, "a preset name or a mapping"),
+    "mode": (_STR, lambda v: v in ("oneshot", "sequential"), "oneshot or sequential (or null)"),
+    "seed": (_INT, lambda v: v >= 0, "an integer >= 0"),
+    "device": (_STR, None, "a device name such as cpu or cuda:0 (or null)"),
+    "data_root": (_STR, None, "a folder (or null)"),
+    "download": ((bool,), None, "true or false"),
+    "dataset_kwargs": (_MAP, None, "a mapping"),
+    "env_kwargs": (_MAP, None, "a mapping"),
+    "teacher": (_STR, None, "a teacher file or 'recipe' (or null)"),
+    "load_policy": (_STR, None, "a policy file (or null)"),
+    "trust_pickle": ((bool,), None, "true or false"),
+    "save_best": ((bool,), None, "true or false"),
+    "shared_final": ((bool,), None, "true or false"),
+    "workers": (_INT, lambda v: v >= 0, "an integer >= 0 (or null)"),
+    "ray_address": (_STR, None, "HOST:PORT (or null)"),
+    "worker_gpus": (_NUM, lambda v: v > 0, "a number > 0 (or null)"),
+    "threads": (_INT, lambda v: v >= 1, "an integer >= 1 (or null)"),
+}
+#: Run settings that may be null.
+_NULLABLE = {"budget", "budget_seconds", "mode", "device", "data_root", "teacher", "load_policy", "workers",
+             "ray_address", "worker_gpus", "threads"}
 DEFAULTS: dict[str, Any] = {"env": None, "agent": None, "run": RUN_DEFAULTS, "agent_config": {}}
 #: Top-level keys of a --config file.
 USER_KEYS = ("env", "agent", "preset", "run", "agent_config")
 #: Keys the resolved config.yaml adds.
-RESOLVED_KEYS = (*USER_KEYS, "mode", "env_space")
+RESOLVED_KEYS = (*USER_KEYS, "mode", "env_space", "agent_source")
 #: Flags that must agree with a resumed run's config (flag -> key in config["run"] or top level).
 RESUME_FLAGS = {"env": "env", "agent": "agent", "fidelity": "fidelity", "seed": "seed", "mode": "mode",
-                "data_root": "data_root", "teacher": "teacher", "load_policy": "load_policy"}
+                "data_root": "data_root", "teacher": "teacher", "load_policy": "load_policy", "threads": "threads"}
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config or flag that cannot be run: the message names the bad value and what was expected."""
 
 
-class RunLocked(RuntimeError):
+class RunLocked(UserError):
     """Another process owns the run directory."""
 
 
-class ReplayMismatch(RuntimeError):
+class AgentOverspent(UserError):
+    """The agent asked for more evaluations than its budget had left; the run ended there, its summary written."""
+
+
+class ReplayMismatch(UserError):
     """A resumed agent asked for another action than the one recorded at that index."""
 
 
@@ -120,19 +158,99 @@ def agent_yaml(agent: str, preset: str | None) -> dict:
     return out
 
 
+def check_run_settings(run: Any, where: str) -> None:
+    """ConfigError naming the first run setting of the wrong type or value (``budget: true``, ``seed: -1``)."""
+    check_keys(run, tuple(RUN_DEFAULTS), where)
+    for key, value in run.items():
+        types, test, expected = RUN_TYPES[key]
+        if value is None and key in _NULLABLE:
+            continue
+        wrong_type = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+        if wrong_type or (test is not None and not test(value)):
+            raise ConfigError(f"{where} {key}: {value!r} is not {expected}")
+
+
+def check_config(config: Any, where: str) -> None:
+    """ConfigError for a config of the wrong shape: top-level keys, names, run settings, agent_config."""
+    check_keys(config, RESOLVED_KEYS, where)
+    for key in ("env", "agent"):
+        if config.get(key) is not None and not isinstance(config[key], str):
+            raise ConfigError(f"{where} {key}: {config[key]!r} is not a name")
+    if config.get("preset") is not None and not isinstance(config["preset"], str):
+        raise ConfigError(f"{where} preset: {config['preset']!r} is not a preset name")
+    if not isinstance(config.get("agent_config") or {}, dict):
+        raise ConfigError(f"{where} agent_config: {config['agent_config']!r} is not a mapping of the agent's settings")
+    check_run_settings(config.get("run") or {}, f"{where} run:")
+
+
+def read_yaml_file(path: str | Path, what: str) -> Any:
+    """A YAML file's data; ConfigError when it is missing, a folder, unreadable or not YAML."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} is {'a folder' if path.is_dir() else 'not a file'}; expected a YAML file")
+    try:
+        return yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+
+
 def read_user_config(path: str | None) -> dict:
-    """A --config file, its keys checked."""
+    """A --config file, its keys and value types checked; it may not name code or trust (see CLI_ONLY)."""
     if not path:
         return {}
-    try:
-        user = yaml.safe_load(Path(path).read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--config {path} is not valid YAML: {exc}") from None
+    user = read_yaml_file(path, "--config") or {}
     check_keys(user, USER_KEYS, f"--config {path}")
     if user.get("agent") is not None and not isinstance(user["agent"], str):
         raise ConfigError(f"--config {path}: `agent:` is the agent's name; its settings go under `agent_config:`")
-    check_keys(user.get("run", {}) or {}, tuple(RUN_DEFAULTS), f"--config {path} run:")
+    if ":" in (user.get("agent") or ""):
+        raise ConfigError(f"--config {path}: agent {user['agent']!r} names code; a user's agent is given on the "
+                          f"command line only (--agent FILE.py:Class), never by a file")
+    check_config({k: v for k, v in user.items() if k != "preset"}, f"--config {path}")
+    if "study_storage" in (user.get("agent_config") or {}):
+        raise ConfigError(f"--config {path} agent_config: study_storage can only be given on the command line "
+                          f"(--study-storage): a file never names a storage to connect to")
+    named = sorted(set(user.get("run") or {}) & {"trust_pickle", "ray_address"})
+    if named:
+        raise ConfigError(f"--config {path} run: {named} can only be given on the command line "
+                          f"(--trust-pickle, --ray-address): a file never grants trust or names a network address")
     return user
+
+
+def agent_source(ref: str) -> dict[str, str] | None:
+    """A user's agent reference and the SHA-256 of its source file (None for a registered agent), recorded so
+    that a resume runs the same code; the file is read, not imported."""
+    if ":" not in ref:
+        return None
+    where = ref.rpartition(":")[0]
+    if where.endswith(".py"):
+        path = Path(where).expanduser().resolve()
+    else:
+        import importlib.util
+
+        try:
+            spec = importlib.util.find_spec(where)
+        except (ImportError, ValueError):
+            spec = None
+        path = Path(spec.origin) if spec and spec.origin else None
+    if path is None or not path.is_file():
+        return {"ref": ref, "sha256": None}
+    return {"ref": ref, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def check_resumed_agent(config: dict, given: str | None, run_dir: Path) -> None:
+    """A run of a user's agent resumes only when the command line names the same agent again, and its file is
+    unchanged: what a run directory holds is data and never chooses code to import."""
+    ref = config.get("agent") or ""
+    if ":" not in ref:
+        return
+    if given != ref:
+        raise ConfigError(f"{run_dir} is a run of your agent {ref!r}: resume it with --agent {ref} (a run "
+                          f"directory never chooses code to run; the command line does)")
+    recorded = (config.get("agent_source") or {}).get("sha256")
+    now = (agent_source(ref) or {}).get("sha256")
+    if recorded != now:
+        raise ConfigError(f"the source of agent {ref!r} changed since the run started (SHA-256 {recorded} -> "
+                          f"{now}): a resume must run the same code; restore the file or start a new run")
 
 
 def resolve_config(args: argparse.Namespace) -> dict:
@@ -149,6 +267,10 @@ def resolve_config(args: argparse.Namespace) -> dict:
         value = getattr(args, key, None)
         if value is not None:
             config["run"][key] = value
+    if getattr(args, "threads", None) is not None:
+        config["run"]["threads"] = args.threads
+    if getattr(args, "study_storage", None):
+        config["agent_config"]["study_storage"] = args.study_storage
     if getattr(args, "budget_seconds", None) is not None and args.budget is None:
         config["run"]["budget"] = None  # a seconds-only budget
     if args.download:
@@ -157,13 +279,21 @@ def resolve_config(args: argparse.Namespace) -> dict:
         config["run"]["trust_pickle"] = True
     if not config.get("env") or not config.get("agent"):
         raise ConfigError("--env and --agent are required (or --resume DIR, or --list)")
+    check_config({k: v for k, v in config.items() if k != "preset"}, "the run's config")
     return config
 
 
 def resume_config(run_dir: Path, args: argparse.Namespace) -> tuple[dict, bool]:
     """The saved config of a run, with the resume flags checked against it; (config, budget extended)."""
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    check_keys(config, RESOLVED_KEYS, f"{run_dir / 'config.yaml'}")
+    config = read_yaml_file(run_dir / "config.yaml", "the run's config") or {}
+    check_config(config, f"{run_dir / 'config.yaml'}")
+    for key in CLI_ONLY:  # never taken from the directory: what the command line says now, or nothing
+        config["run"][key] = RUN_DEFAULTS[key]
+    config["run"]["trust_pickle"] = bool(getattr(args, "trust_pickle", False))
+    config["agent_config"] = {k: v for k, v in (config.get("agent_config") or {}).items() if k != "study_storage"}
+    if getattr(args, "study_storage", None):
+        config["agent_config"]["study_storage"] = args.study_storage
+    check_resumed_agent(config, getattr(args, "agent", None), run_dir)
     if args.config or args.preset:
         raise ConfigError("--config and --preset cannot change a run that exists; its config is "
                           f"{run_dir / 'config.yaml'}")
@@ -188,6 +318,14 @@ def resume_config(run_dir: Path, args: argparse.Namespace) -> tuple[dict, bool]:
         if getattr(args, key, None) is not None:
             config["run"][key] = getattr(args, key)
     return config, extended
+
+
+def saved_config(config: dict) -> dict:
+    """The config as config.yaml holds it: the command-line-only settings (trust, Ray workers and address)
+    are left at their defaults, so a shared run directory never grants trust or names an address."""
+    agent_config = {k: v for k, v in (config.get("agent_config") or {}).items() if k != "study_storage"}
+    return {**config, "agent_config": agent_config,
+            "run": {**config["run"], **{k: RUN_DEFAULTS[k] for k in CLI_ONLY}}}
 
 
 def _same_env(flag: str, given: Any, saved: Any) -> bool:
@@ -375,6 +513,8 @@ def start(args: argparse.Namespace, config: dict | None = None) -> int:
     """
     if args.resume:
         run_dir = Path(args.resume)
+        if not run_dir.is_dir():
+            raise ConfigError(f"--resume {run_dir}: no such run directory")
         if not (run_dir / "config.yaml").exists():
             raise ConfigError(f"{run_dir} holds no run (no config.yaml)")
         if args.out and Path(args.out).resolve() != run_dir.resolve():
@@ -385,6 +525,8 @@ def start(args: argparse.Namespace, config: dict | None = None) -> int:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         label = config["agent"].rpartition(":")[2]  # a user's FILE.py:Class names the run by its class
         run_dir = Path(args.out or f"runs/{config['env']}-{label}-{stamp}")
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ConfigError(f"--out {run_dir} is a file; a run directory is a folder (give a new path)")
         if (run_dir / "config.yaml").exists() or (run_dir / "evaluations.jsonl").exists():
             raise ConfigError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
         created = not run_dir.exists()
@@ -392,6 +534,7 @@ def start(args: argparse.Namespace, config: dict | None = None) -> int:
     try:
         with locked(run_dir):
             owned = True
+            remove_stale_temporaries(run_dir)  # a killed atomic write's leftovers (the lock is ours now)
             extended = False
             if args.resume:
                 config, extended = resume_config(run_dir, args)
@@ -428,40 +571,121 @@ def _missing(run_dir: Path, config: dict) -> list[str]:
 
 
 def execute(config: dict, run_dir: Path, resumed: bool, extended: bool) -> int:
-    """The run itself, in a locked directory: config first, then build, run, final student, summary."""
-    import torch
+    """The run itself, in a locked directory: config first, then build, run, final student, summary.
 
+    0 when the agent spent its budget; 2 (after the summary is written) when it asked for more than its budget.
+    """
     if resumed and not extended and (run_dir / "summary.json").exists() and not _missing(run_dir, config):
         summary = json.loads((run_dir / "summary.json").read_text())
         print(f"{run_dir}: the run already finished ({summary.get('evaluations')} evaluations); nothing to do. "
               f"Pass a larger --budget to extend it.")
         return 0
-    checkpoint = None
-    if resumed and (run_dir / "checkpoint.pt").exists():
-        checkpoint = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    check_device(config["run"]["device"])
     on_disk = read_records(run_dir / "evaluations.jsonl")
+    checkpoint = load_checkpoint(run_dir, len(on_disk)) if resumed else None
     budget = _budget_of(config, checkpoint)
     budget.eval_seconds = _trained_seconds(on_disk[: budget.used])
-    if budget.used > len(on_disk):
-        raise ReplayMismatch(f"{run_dir}: the checkpoint counts {budget.used} evaluations but the record holds "
-                             f"only {len(on_disk)}")
+    if extended:
+        check_extension(budget, on_disk, checkpoint)
     log = RunLog(budget, run_dir / "evaluations.jsonl", records=on_disk[: budget.used], skip_until=len(on_disk))
     log.callbacks.append(replay_check(on_disk, budget))
     agent_cls = prepare(config, log)
     if extended and not agent_cls.extendable:
         raise ConfigError(f"agent {config['agent']!r} cannot extend a run: its schedule is fixed by the budget it "
                           f"started with; start a new run")
-    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))  # before any training
-    with worker_pool(config["run"]) as pool:
+    if config["run"].get("threads") is None:  # fixed now and recorded: a resume anywhere trains the same floats
+        config["run"]["threads"] = torch_threads_now()
+    if ":" in config["agent"] and not resumed:
+        config["agent_source"] = agent_source(config["agent"])
+    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(saved_config(config), sort_keys=False))
+    with worker_pool(config["run"]) as pool, torch_threads(int(config["run"]["threads"])):
         env, agent = build(config, run_dir, log, agent_cls, pool=pool)
         if checkpoint:
             agent.load_state(checkpoint["agent"])
         agent.checkpoint = lambda: save_checkpoint(agent, run_dir)
         start_time = time.perf_counter()
+        overspent = None
         with _progress(config, budget, log, run_dir):
-            agent.run()
+            try:
+                agent.run()
+            except BudgetExhausted as exc:  # the agent asked for more: the run ends here, its record whole
+                overspent = f"agent {config['agent']!r} asked for more than its budget ({exc}); the run ended there"
         agent.checkpoint()
-        return finish(config, run_dir, agent, budget, resumed, time.perf_counter() - start_time)
+        code = finish(config, run_dir, agent, log, resumed, time.perf_counter() - start_time, overspent)
+    return code
+
+
+def torch_threads_now() -> int:
+    """The torch intra-op thread count this process would train with."""
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Train with ``n`` torch intra-op threads (float reductions, and so every seeded result, depend on the
+    count on CPU); the previous count is restored."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def check_device(device: str | None) -> None:
+    """ConfigError for a device this machine does not have (``--device cuda`` without a GPU)."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {device!r} is not a device name; expected cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: this machine has no CUDA GPU that torch can use; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
+def load_checkpoint(run_dir: Path, recorded: int) -> dict | None:
+    """The agent's checkpoint, or None to restart the agent from its start (every recorded evaluation is then
+    replayed from the cache, nothing retrained): when there is none, or it counts more evaluations than the
+    record holds (lines were moved aside). An empty or damaged file is a ConfigError that says what to do."""
+    import pickle
+
+    import torch
+
+    path = run_dir / "checkpoint.pt"
+    if not path.exists():
+        return None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        used = int(checkpoint["evaluations"])
+    except (EOFError, RuntimeError, pickle.UnpicklingError, KeyError, TypeError, ValueError, OSError) as exc:
+        raise ConfigError(f"{path} is empty or damaged ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                          f"); move it aside and --resume again: the agent then restarts from its beginning and "
+                          f"replays the {recorded} recorded evaluations from the cache, retraining none") from None
+    if used > recorded:
+        print(f"note: {path} counts {used} evaluations but the record holds {recorded}; the agent restarts from "
+              f"its beginning and replays the recorded ones from the cache")
+        return None
+    return checkpoint
+
+
+def check_extension(budget: Budget, records: list[dict], checkpoint: dict | None) -> None:
+    """A budget given on resume must be above what the run already spent (evaluations, training seconds)."""
+    if budget.evaluations is not None and budget.evaluations < len(records):
+        raise ConfigError(f"--budget {budget.evaluations} is below the {len(records)} evaluations the run already "
+                          f"spent: a budget can only grow on resume")
+    spent = _trained_seconds(records) + float((checkpoint or {}).get("charged_seconds", 0.0))
+    if budget.seconds is not None and budget.seconds < spent:
+        raise ConfigError(f"--budget-seconds {budget.seconds:g} is below the {spent:.1f} training seconds the run "
+                          f"already spent: a budget can only grow on resume")
 
 
 @contextlib.contextmanager
@@ -511,8 +735,40 @@ def _student_meta(path: Path) -> dict | None:
     return blob.get("meta") if isinstance(blob, dict) else None
 
 
-def finish(config: dict, run_dir: Path, agent: Any, budget: Budget, resumed: bool, seconds: float) -> int:
-    """The final student, plots, policy and summary (summary last: its presence means the run finished)."""
+def accounting_problems(config: dict, log: RunLog) -> list[str]:
+    """Why this run's figures cannot be compared with others': students trained outside the recorder (through
+    ``env.unwrapped`` or the evaluator), or a budget the agent edited. Counted over this process's work: the
+    evaluators' trainings and seconds against the records this process trained."""
+    budget, problems = log.budget, []
+    mine = [r for r in log.records[log.session_start:] if not r.get("cached")
+            and float(r.get("eval_seconds") or 0.0) > 0.0]
+    trained = sum(ev.trainings for ev in log.evaluators)
+    if trained != len(mine):
+        problems.append(f"the evaluator trained {trained} students but the record holds {len(mine)} trained "
+                        f"evaluations: students were trained outside the recorder")
+    seconds = sum(ev.trained_seconds for ev in log.evaluators)
+    recorded = sum(float(r["eval_seconds"]) for r in mine)
+    if abs(seconds - recorded) > 1e-6 * max(1.0, seconds):
+        problems.append(f"the evaluator trained for {seconds:.3f} s but the records account for {recorded:.3f} s")
+    run = config["run"]
+    if budget.evaluations != (None if run["budget"] is None else int(run["budget"])) or (
+            budget.seconds != (None if run["budget_seconds"] is None else float(run["budget_seconds"]))):
+        problems.append(f"the budget was changed during the run (now {budget.evaluations} evaluations / "
+                        f"{budget.seconds} s; the config says {run['budget']} / {run['budget_seconds']})")
+    if budget.used != len(log.records):
+        problems.append(f"the budget counts {budget.used} evaluations but {len(log.records)} were recorded")
+    return problems
+
+
+def finish(config: dict, run_dir: Path, agent: Any, log: RunLog, resumed: bool, seconds: float,
+           overspent: str | None = None) -> int:
+    """The final student, plots, policy and summary (summary last: its presence means the run finished).
+
+    A run whose accounting does not add up (:func:`accounting_problems`) is marked ``comparable: false`` with
+    the reasons, and a comparison's leaderboard says so. 2 when the agent overspent (after the summary), else 0.
+    """
+    budget = log.budget
+    problems = accounting_problems(config, log)
     records = read_records(run_dir / "evaluations.jsonl")
     best_meta = agent.notes.get("final")
     valid = [r for r in records if r["valid"]]
@@ -529,11 +785,15 @@ def finish(config: dict, run_dir: Path, agent: Any, budget: Budget, resumed: boo
     write_plots(records, run_dir)
     if hasattr(agent, "save_policy"):  # the policy as it ends (after an extension too)
         agent.save_policy(run_dir / "policy.pt")
+    previous = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
+    problems = list(dict.fromkeys([*(previous.get("not_comparable") or []), *problems]))  # kept across resumes
     summary = {
         "env": config["env"], "agent": config["agent"], "budget": budget.evaluations,
         "budget_seconds": budget.seconds, "evaluations": len(records),
         "trained": sum(1 for r in records if not r.get("cached")), "eval_seconds": budget.eval_seconds,
         "charged_seconds": budget.charged_seconds, "wall_seconds": seconds, "resumed": resumed,
+        "threads": config["run"].get("threads"),
+        "comparable": not problems, "not_comparable": problems, "overspent": overspent,
         "best": max(records, key=lambda r: r["reward"], default=None), "best_student": best_meta,
         "shared_final": shared,
         "notes": {k: v for k, v in agent.notes.items() if k != "final"},
@@ -543,4 +803,8 @@ def finish(config: dict, run_dir: Path, agent: Any, budget: Budget, resumed: boo
     print(best_table(records))
     if best_meta:
         print("\nbest student:", json.dumps({k: v for k, v in best_meta.items() if k != "arch"}, default=str))
+    for problem in problems:
+        print(f"warning: this run is not comparable: {problem}")
+    if overspent:
+        raise AgentOverspent(overspent)
     return 0

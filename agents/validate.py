@@ -15,9 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from agents.base import read_records
+from netcomp.errors import UserError
 
 #: Default tolerance on a GPU: cuDNN/cuBLAS kernels are not bitwise deterministic across runs.
 CUDA_TOLERANCE = 1e-3
@@ -30,9 +29,10 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
     for name in ("config.yaml", "evaluations.jsonl"):
         if not (run_dir / name).is_file():
             raise FileNotFoundError(f"{run_dir / name} is missing: {run_dir} holds no run to validate")
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    if not isinstance(config, dict):
-        raise ValueError(f"{run_dir / 'config.yaml'} is not a run config (a mapping)")
+    from agents.rundir import check_config, read_yaml_file
+
+    config = read_yaml_file(run_dir / "config.yaml", "the run's config") or {}
+    check_config(config, str(run_dir / "config.yaml"))
     return config, read_records(run_dir / "evaluations.jsonl")
 
 
@@ -66,15 +66,38 @@ def choose_teacher(teacher: str | None, config: dict, replay: dict) -> str | Non
     return teacher or run_teacher or (recorded if recorded and Path(recorded).is_file() else None)
 
 
+def checked_env_id(env_id: Any) -> str:
+    """A recorded env id, if it is one of netcomp's own registered ids (UserError otherwise): ``gym.make``
+    imports the module that an id like ``some.module:Env-v0`` names, and a record is data, never code."""
+    import envs
+
+    try:
+        canonical = envs.parse_env_id(env_id) if isinstance(env_id, str) else None
+    except ValueError:
+        canonical = None
+    if canonical is None or canonical != env_id:
+        raise UserError(f"the record's env id {env_id!r} is not one of netcomp's registered ids "
+                        f"(netcomp/SPACE-ARCH-DATASET-v0); a run directory never chooses code to import")
+    return canonical
+
+
 def make_replay_env(replay: dict, device: str, data_root: str | None, download: bool, teacher: str | None) -> Any:
     """The recorded env, remade without the run's cache (cache_path=None: every student is retrained)."""
     import gymnasium as gym
 
-    import envs  # noqa: F401 (registers the netcomp/ ids)
+    from agents.base import REPLAY_DROP
 
+    env_id = checked_env_id(replay.get("env_id"))
+    kwargs = replay.get("env_kwargs")
+    if not isinstance(kwargs, dict):
+        raise UserError(f"the record's env kwargs {kwargs!r} are not a mapping")
+    kwargs = {k: v for k, v in kwargs.items() if k not in REPLAY_DROP}
     extra = {"teacher": teacher} if teacher else {}
-    return gym.make(replay["env_id"], disable_env_checker=True, cache_path=None, device=device,
-                    data_root=data_root, download=download, **replay["env_kwargs"], **extra)
+    try:
+        return gym.make(env_id, disable_env_checker=True, cache_path=None, device=device, data_root=data_root,
+                        download=download, **kwargs, **extra)
+    except TypeError as exc:
+        raise UserError(f"cannot remake {env_id} with the recorded kwargs: {exc}") from None
 
 
 def teacher_mismatch(env: Any, replay: dict) -> str | None:
@@ -88,33 +111,60 @@ def teacher_mismatch(env: Any, replay: dict) -> str | None:
     return f"teacher differs: recorded sha256 {recorded}, replay teacher {actual}"
 
 
-def replay_reward(env: Any, record: dict, run_dir: Path) -> float:
+#: The recorded figures a replay recomputes and compares, besides the reward.
+FIGURES = ("valid", "accuracy", "params", "macs", "compression", "teacher_accuracy", "teacher_params",
+           "teacher_macs", "arch_key")
+
+
+def replay_info(env: Any, record: dict, run_dir: Path) -> dict:
     """Re-score one record on its env: the action (one-shot or an episode's steps) or the submitted student,
-    at the recorded training seed, with the in-memory cache emptied so nothing is reused."""
+    at the recorded training seed and thread count, with the in-memory cache emptied so nothing is reused.
+    The replay's info (reward and every figure)."""
     import torch
 
+    from agents.rundir import torch_threads
     from netcomp.arch import arch_from_dict
 
     base = env.unwrapped
     base.train_seed = int(record["replay"]["train_seed"])
     base.evaluator.cache.clear()
-    if record.get("student") is None:
-        return float(base.evaluate_many([record["action"]])[0]["reward"])
-    weights = None
-    if record.get("weights"):
-        weights = torch.load(run_dir / record["weights"], map_location="cpu", weights_only=True)
-    student = arch_from_dict(record["student"])
-    return float(base.score_student(student, weights, train=record.get("trained", True))["reward"])
+    threads = int(record["replay"].get("threads") or torch.get_num_threads())
+    with torch_threads(threads):
+        if record.get("student") is None:
+            return base.evaluate_many([record["action"]])[0]
+        weights = None
+        if record.get("weights"):
+            weights = torch.load(run_dir / record["weights"], map_location="cpu", weights_only=True)
+        student = arch_from_dict(record["student"])
+        return base.score_student(student, weights, train=record.get("trained", True))
 
 
-def row(record: dict, replayed: float | None, tolerance: float, reason: str | None = None) -> dict:
-    """One result: index, recorded and replayed reward, |difference|, agreement, and why it failed if so."""
+def figure_differences(record: dict, info: dict, tolerance: float) -> list[str]:
+    """The recorded figures the replay does not reproduce (numbers within ``tolerance``), as 'name a -> b'."""
+    out = []
+    for name in FIGURES:
+        old, new = record.get(name), info.get(name)
+        if isinstance(old, int | float) and isinstance(new, int | float) and not isinstance(old, bool):
+            same = abs(float(old) - float(new)) <= tolerance
+        else:
+            same = old == new
+        if not same:
+            out.append(f"{name} {old} -> {new}")
+    return out
+
+
+def row(record: dict, replayed: float | None, tolerance: float, reason: str | None = None,
+        differences: list[str] | None = None) -> dict:
+    """One result: index, recorded and replayed reward, |difference|, the other figures that differ, agreement,
+    and why it failed if so."""
     recorded = float(record["reward"])
     diff = None if replayed is None else abs(recorded - replayed)
     out = {"index": int(record["index"]), "space": record.get("space"), "recorded": recorded,
-           "replayed": replayed, "diff": diff, "agree": diff is not None and diff <= tolerance}
-    if reason:
-        out["reason"] = reason
+           "replayed": replayed, "diff": diff, "differences": differences or [],
+           "agree": diff is not None and diff <= tolerance and not differences}
+    notes = [n for n in (reason, "; ".join(differences or [])) if n]
+    if notes:
+        out["reason"] = "; ".join(notes)
     return out
 
 
@@ -152,7 +202,13 @@ def validate_run(run_dir: str | Path, top: int = 5, tolerance: float | None = No
         if mismatch:
             rows.append(row(record, None, tolerance, mismatch))
             continue
-        rows.append(row(record, replay_reward(env, record, run_dir), tolerance, fidelity_note(env, replay)))
+        if record.get("student") is None and record.get("action") is None:
+            rows.append(row(record, None, tolerance, "not replayable: the record holds neither an action nor a "
+                                                     "student (a submission that was not a student)"))
+            continue
+        info = replay_info(env, record, run_dir)
+        rows.append(row(record, float(info["reward"]), tolerance, fidelity_note(env, replay),
+                        figure_differences(record, info, tolerance)))
     for env, _ in built.values():
         env.close()
     return rows
@@ -178,8 +234,12 @@ def format_row(r: dict) -> str:
 
 def validate_command(args: argparse.Namespace) -> int:
     """``--validate RUN_DIR``: print recorded vs replayed rewards of the top students; 0 if all agree, else 1."""
+    from agents.rundir import check_device
+
     run_dir = Path(args.validate)
     config, _ = read_run(run_dir)
+    check_device(args.device)
+    args.top = 5 if args.top is None else args.top
     device = resolve_device(args.device, config)
     tolerance = default_tolerance(device) if args.tolerance is None else float(args.tolerance)
     print(f"validating {run_dir}: top {args.top} students, device {device}, tolerance {tolerance:g}")

@@ -4,7 +4,8 @@ Subclasses (one per action space) only say what an action is and how it turns th
 ``_layers`` (the layer names actions refer to), ``_oneshot_space`` / ``_step_space``, ``_features`` (the
 static per-layer features), ``_check_oneshot`` / ``_check_step`` (validation into plain values) and
 ``_make_student`` (values for all layers -> student Arch plus info). Everything else lives here, so every
-space has the same episode contract (DESIGN.md section 3).
+space has the same episode contract (the final ``info`` keys and the invalid-student penalty, documented on
+:class:`CompressionEnv` below).
 """
 
 from __future__ import annotations
@@ -231,7 +232,12 @@ class CompressionEnv(gym.Env):
         ``weights`` (a state dict of the student's module) it starts from them and is distilled at the
         fidelity (``train=True``) or only evaluated (``train=False``).
         """
-        if weights is None:
+        from netcomp.evaluator import refused_result
+
+        problem = self.evaluator.submission_problem(student, weights)
+        if problem is not None:  # not a student of this teacher and data: invalid, with the reason
+            result = refused_result(student, problem)
+        elif weights is None:
             result = self.evaluator.evaluate(student, seed=self.train_seed)
         else:
             result = self.evaluator.evaluate_weights(student, weights, train=train, seed=self.train_seed)

@@ -23,6 +23,7 @@ from torch import nn
 from netcomp.arch import Arch, arch_key
 from netcomp.data import Dataset
 from netcomp.distill import TeacherLogitCache, TrainConfig, evaluate, train_model, train_students
+from netcomp.errors import disk_full_error
 from netcomp.jsonl import append_jsonl, read_jsonl
 from netcomp.metrics import count_macs, count_params
 from netcomp.surgery import INHERIT_MODES, build_module, inherit_weights, student_problem
@@ -153,7 +154,7 @@ class Evaluator:
     :data:`MAX_GROWTH` times the teacher's size. Either way every reward has a floor (netcomp.rewards).
     ``cache_path`` persists results (one JSON line each) and reloads them on construction.
     ``split`` is where rewards are measured: "val" (default) or "test", which reproduces N2N's reference
-    code (it scores students on the test set; a leak, listed in the README's deviations table).
+    code (it scores students on the test set; a leak, listed in docs/deviations.md).
     """
 
     #: a :class:`netcomp.workers.WorkerPool` that trains the uncached students on Ray actors (None: here)
@@ -196,7 +197,8 @@ class Evaluator:
         #: the teacher's logits of every training batch, shared by all the students this evaluator scores
         self.teacher_logits = TeacherLogitCache()
         self.cache_path = Path(cache_path) if cache_path else None
-        self.trainings = 0  # students actually trained (cache misses)
+        self.trainings = 0  # students actually trained (cache misses), for the harness's accounting
+        self.trained_seconds = 0.0  # the seconds those trainings took (as each result's eval_seconds adds up)
         if self.cache_path and self.cache_path.exists():
             self._load_cache()
 
@@ -216,7 +218,10 @@ class Evaluator:
             return
         self.cache[key] = result
         if self.cache_path:
-            append_jsonl(self.cache_path, {"cache_key": key, "result": result.to_json()})
+            try:
+                append_jsonl(self.cache_path, {"cache_key": key, "result": result.to_json()})
+            except OSError as exc:
+                raise disk_full_error(self.cache_path, exc) from None
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, student: Arch, inherit: str | None = None, seed: int | None = None) -> EvalResult:
@@ -259,6 +264,22 @@ class Evaluator:
         """Why a student cannot be scored (a broken network, a too-narrow linear, too large), or None."""
         return student_problem(student, None, self.min_linear_inputs) or self.size_problem(student)
 
+    def submission_problem(self, student: Any, weights: Any = None) -> str | None:
+        """Why a white-box agent's submission cannot be scored, or None: not an :class:`Arch`, another input
+        (channels, image size) or other classes than the teacher's, weights that are not a mapping of tensors,
+        or any of :meth:`problem`'s reasons. Such a submission is an invalid student, recorded with the reason."""
+        if not isinstance(student, Arch):
+            return f"the submission is a {type(student).__name__}, not a student architecture (netcomp.arch.Arch)"
+        teacher = self.teacher.arch
+        for what in ("in_channels", "image_size", "num_classes"):
+            if getattr(student, what) != getattr(teacher, what):
+                return (f"the student has {what}={getattr(student, what)} but the teacher and data have "
+                        f"{getattr(teacher, what)}")
+        if weights is not None and not (isinstance(weights, Mapping)
+                                        and all(isinstance(v, torch.Tensor) for v in weights.values())):
+            return f"the submitted weights are a {type(weights).__name__}, not a state dict of tensors"
+        return self.problem(student)
+
     def size_problem(self, student: Arch) -> str | None:
         """Why a student is too large (see ``require_smaller`` and ``size_metrics``), or None."""
         for metric in self.size_metrics:
@@ -287,6 +308,7 @@ class Evaluator:
             results = self.pool.train(self, students, inherit, seed, on_result=lambda i, result: self._store(
                 self.cache_key(students[i], inherit, seed), result))
             self.trainings += len(students)
+            self.trained_seconds += sum(r.eval_seconds for r in results)
             return results
         start = time.perf_counter()
         # the caller's torch RNG must not depend on whether a student was trained or came from the cache:
@@ -298,6 +320,7 @@ class Evaluator:
                                       teacher_cache=self.teacher_logits)
         self.trainings += len(students)
         seconds = (time.perf_counter() - start) / len(students)
+        self.trained_seconds += seconds * len(students)
         results = []
         for arch, out in zip(students, outcomes):
             results.append(EvalResult(
@@ -317,17 +340,17 @@ class Evaluator:
         the student's identity), always counted as a training.
         """
         seed = self.seed if seed is None else seed
-        problem = self.problem(student)
+        problem = self.submission_problem(student, state_dict)
         if problem is not None:
-            return EvalResult(False, _safe_key(student), _safe(count_params, student), _safe(count_macs, student),
-                              invalid_reason=problem)
+            return refused_result(student, problem)
         start = time.perf_counter()
         with torch.random.fork_rng(devices=[]):
             module = build_module(student)
             try:
                 module.load_state_dict(dict(state_dict))
-            except RuntimeError as exc:
-                raise ValueError(f"the submitted weights do not fit the submitted architecture: {exc}") from exc
+            except (RuntimeError, TypeError, ValueError) as exc:
+                return refused_result(student, f"the submitted weights do not fit the submitted architecture: "
+                                         f"{str(exc).splitlines()[0]}")
             module = module.to(self.device)
             if train:
                 out = train_students([module], self.dataset, self.fidelity.train, teacher=self.teacher_model,
@@ -338,10 +361,12 @@ class Evaluator:
                 acc, loss = evaluate(module, self.scored, self.dataset, device=self.device,
                                      max_items=self.fidelity.train.eval_max)
                 valid, reason = bool(math.isfinite(loss)), None if math.isfinite(loss) else "non-finite loss"
+        seconds = time.perf_counter() - start
         self.trainings += 1
+        self.trained_seconds += seconds
         return EvalResult(valid=valid, arch_key=arch_key(student), params=count_params(student),
                           macs=count_macs(student), accuracy=float(acc) if valid else 0.0,
-                          loss=float(loss) if valid else float("inf"), eval_seconds=time.perf_counter() - start,
+                          loss=float(loss) if valid else float("inf"), eval_seconds=seconds,
                           invalid_reason=reason, extra={"submitted": True, "trained": bool(train)})
 
     def train_final(self, student: Arch, config: TrainConfig | None = None,
@@ -373,6 +398,14 @@ class Evaluator:
             "test_images": int(test_images), "final_train": config.to_dict(),
         }
         return model, report
+
+
+def refused_result(student: Any, reason: str) -> EvalResult:
+    """The invalid result of a submission that could not be scored (nothing trained, no seconds)."""
+    if not isinstance(student, Arch):
+        return EvalResult(False, "not-a-student", 0, 0, invalid_reason=reason)
+    return EvalResult(False, _safe_key(student), _safe(count_params, student), _safe(count_macs, student),
+                      invalid_reason=reason)
 
 
 def _as_cached(result: EvalResult) -> EvalResult:

@@ -13,12 +13,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from netcomp.errors import disk_full_error
+
+#: The suffix of the temporary file an atomic write renames into place (a kill can leave one behind).
+TMP_SUFFIX = ".tmp"
+
 
 def write_atomic(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
     """Call ``write(f)`` on a temporary binary file beside ``path``, fsync it, then rename it to ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # writers never collide
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)  # never collide
+    except OSError as exc:
+        raise disk_full_error(path, exc) from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # the mode a plain open() would give, not mkstemp's 0600
         with os.fdopen(fd, "wb") as f:
@@ -26,10 +34,23 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise disk_full_error(path, exc) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     _fsync_dir(path.parent)
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that killed atomic writes left in ``folder`` and below; the removed paths.
+
+    Call it only while holding the folder's lock: a live writer's temporary file must not be taken away.
+    """
+    stale = [p for p in Path(folder).rglob(f".*{TMP_SUFFIX}") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

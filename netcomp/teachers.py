@@ -29,6 +29,7 @@ from torch import nn
 from netcomp.arch import Arch
 from netcomp.data import Dataset
 from netcomp.distill import TrainConfig, evaluate, train_model
+from netcomp.errors import UserError
 from netcomp.files import torch_save_atomic as _atomic_save
 from netcomp.metrics import count_macs, count_params
 from netcomp.surgery import build_module
@@ -348,20 +349,23 @@ def file_sha256(path: str | Path) -> str:
 
 
 def teacher_identity(teacher: Teacher) -> dict[str, Any]:
-    """What names a teacher for a replay: arch, dataset, recipe, seed, its file and the SHA-256 of its bytes
-    (of its weights' bytes for a teacher that lives only in memory)."""
-    if teacher.path is not None and Path(teacher.path).is_file():
-        digest = file_sha256(teacher.path)
-    else:
-        h = hashlib.sha256()
-        for name, tensor in sorted(teacher.model.state_dict().items()):
-            h.update(name.encode())
-            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        digest = "weights:" + h.hexdigest()
+    """What names a teacher for a replay: arch, dataset, recipe, seed, its file, and ``sha256``: the SHA-256 of
+    its weights (names and tensor bytes in order), not of its file, so the same weights saved at another time
+    (a file also holds training seconds and dates) are the same teacher."""
     meta = teacher.meta or {}
     return {"arch": meta.get("arch", teacher.arch.family), "dataset": meta.get("dataset"),
             "recipe": meta.get("recipe"), "seed": meta.get("seed"),
-            "path": str(teacher.path) if teacher.path is not None else None, "sha256": digest}
+            "path": str(teacher.path) if teacher.path is not None else None, "sha256": weights_sha256(teacher.model)}
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """``weights:`` and the SHA-256 of a module's state dict: each entry's name, dtype, shape and bytes."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        h.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return "weights:" + h.hexdigest()
 
 
 def shipped_name(arch_name: str, dataset_name: str) -> str:
@@ -374,8 +378,15 @@ def read_manifest(folder: Path | None = None) -> dict[str, dict[str, Any]]:
     path = (folder or SHIPPED_DIR) / MANIFEST
     if not path.exists():
         return {}
-    with open(path) as f:
-        return json.load(f)
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"the shipped teachers' manifest {path} is not valid JSON ({exc}); restore it "
+                        f"(git checkout {path.name})") from None
+    if not isinstance(manifest, dict) or not all(isinstance(v, dict) and "sha256" in v for v in manifest.values()):
+        raise UserError(f"the shipped teachers' manifest {path} is not a mapping of file name -> "
+                        f"{{sha256, arch, dataset, ...}}; restore it (git checkout {path.name})")
+    return manifest
 
 
 def ship_teacher(teacher: Teacher, folder: Path | None = None) -> Path:
@@ -410,14 +421,18 @@ def shipped_teacher(arch_name: str, dataset: Dataset, device: str | torch.device
     folder = folder or SHIPPED_DIR
     name = shipped_name(arch_name, dataset.name)
     entry = read_manifest(folder).get(name)
+    path = folder / name
+    if entry is None and path.exists():  # a shipped file the manifest does not vouch for: never used unchecked
+        raise UserError(f"{path} is shipped but {folder / MANIFEST} has no entry for it (the manifest is missing "
+                        f"or was edited), so its checksum cannot be verified; restore the manifest (git checkout), "
+                        f"or pass teacher='recipe' (--teacher recipe) to train the recipe's teacher instead")
     if entry is None or entry.get("data_fingerprint") != data_fingerprint(dataset):
         return None
-    path = folder / name
     if not path.exists():
         raise FileNotFoundError(f"the manifest {folder / MANIFEST} lists {name} but the file is missing")
     actual = file_sha256(path)
     if actual != entry["sha256"]:
-        raise ValueError(f"shipped teacher {path} has SHA-256 {actual}, the manifest records {entry['sha256']}: "
+        raise UserError(f"shipped teacher {path} has SHA-256 {actual}, the manifest records {entry['sha256']}: "
                          f"the file was changed or damaged; restore it (git checkout) or retrain it with "
                          f"`python -m netcomp train-teacher {arch_name} --dataset {dataset.name} "
                          f"--recipe {entry.get('recipe')}`")

@@ -31,7 +31,8 @@ def test_the_readme_example_agent_runs_from_its_file_and_resumes_finished(tiny_c
     # children of the teacher (all ones) differ from it in the flipped bits only
     assert all(sum(1 - b for b in r["action"]) >= 1 for r in records[:4])
     assert (out / "summary.json").exists()
-    assert cli("--resume", out) == 0                                # finished: nothing to do, no error
+    assert cli("--resume", out) == 2                 # a run directory never chooses code: --agent is asked for
+    assert cli("--resume", out, "--agent", ref) == 0                # finished: nothing to do, no error
 
 
 def test_an_agent_by_module_path_and_bad_references(tmp_path):
