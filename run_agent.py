@@ -6,7 +6,7 @@ evaluations.jsonl (one line per reward evaluation, written as it happens), cache
 a resumed run never retrains one), checkpoint.pt (agent state), summary.json, TensorBoard events (tb/), two
 plots and the best student (best_student.pt: weights plus the spec to rebuild it). ``--resume DIR``
 continues a killed run to the same budget (a larger ``--budget`` extends it). The run machinery lives in
-agents/rundir.py; this file is the command line only.
+runner/rundir.py; this file is the command line only.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import math
 import sys
 from pathlib import Path
 
-from agents.rundir import ConfigError, ReplayMismatch, RunLocked, resolve_config  # noqa: F401 (public API)
 from netcomp.errors import UserError
 from netcomp.teachers import CacheNotWritableError
+from runner.rundir import ConfigError, ReplayMismatch, RunLocked, resolve_config  # noqa: F401 (public API)
 
 #: Errors that are the user's input or the run directory's state: one line on stderr, exit code 2.
 USER_ERRORS = (UserError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError, CacheNotWritableError)
@@ -28,9 +28,9 @@ VALIDATE_FLAGS = ("validate", "top", "tolerance", "device", "teacher", "data_roo
 
 def list_everything() -> None:
     import envs
-    from agents import AGENTS, get_agent
     from netcomp.data import DATASETS
     from netcomp.zoo import ARCHS
+    from runner.registry import AGENTS, get_agent
 
     print("Environments: netcomp/{space}-{arch}-{dataset}-v0 (short form space-arch-dataset)")
     print(f"  spaces:   {', '.join(envs.SPACES)}")
@@ -133,16 +133,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         list_everything()
         return 0
-    from agents.rundir import start
+    from runner.rundir import start
 
     try:
         check_flags(args)
         if args.validate:
-            from agents.validate import validate_command
+            from runner.validate import validate_command
 
             return validate_command(args)
         if args.seeds is not None or (args.agent and "," in args.agent) or _is_comparison(args.resume):
-            from agents.compare import compare_command
+            from runner.compare import compare_command
 
             return compare_command(args)
         return start(args)

@@ -1,41 +1,36 @@
-"""The common agent interface, the evaluation budget, and the recorder that writes every evaluation to disk.
+"""The Agent contract: what a new agent author reads.
 
-Three kinds of agents share one interface (:class:`Agent`):
-- ``policy``: learns from episodes (N2N, PPO, A2C); it steps the environment itself.
-- ``blackbox``: proposes actions and observes their scores (random search, ESNAC, LeGR evolution);
-  it calls :meth:`Agent.evaluate`, or :meth:`Agent.evaluate_many` to ask for a batch at once (trained
-  together on shared batches locally, spread over workers by a distributed evaluator).
-- ``whitebox``: needs the teacher and data (TAS, DeepHoyer); it trains on its own, charges the seconds to
-  the budget (:meth:`Agent.charge`) and submits a finished student (:meth:`Agent.submit`), which the env
-  scores, counts and records exactly like an episode.
-The budget is counted in evaluations, in training seconds, or both (:class:`Budget`).
+An agent is a subclass of :class:`Agent` with its knobs in one dataclass (``Config``). It declares:
 
-Every agent declares the action spaces and modes it supports; :func:`check_compatible` turns a mismatch into
-a clear error before anything runs. The :class:`Recorder` wraps the environment: each finished episode is one
-evaluation, appended to ``evaluations.jsonl`` as it happens and counted against the :class:`Budget`;
-agents stop when ``budget.exhausted``. Agents save and load their state so a killed run resumes.
+- ``name``, ``kind`` (``policy``: learns from episodes and steps the env itself; ``blackbox``: proposes actions
+  and observes scores; ``whitebox``: trains on its own and submits a finished student), the action ``spaces``
+  and ``modes`` it can act in, the ``budget_units`` it can spend, whether a finished run can be ``extendable``
+  with a larger budget, and ``has_policy`` (it saves a policy that ``--load-policy`` can start from);
+- :meth:`Agent.run`, which spends the budget through :meth:`Agent.evaluate`, :meth:`Agent.evaluate_many`
+  (a batch, trained together) or :meth:`Agent.submit` (a white-box student) plus :meth:`Agent.charge`, and
+  stops when ``self.budget.exhausted``; asking for more than is left raises :class:`BudgetExhausted`;
+- :meth:`Agent.state` / :meth:`Agent.load_state` (plain, ``torch.save``-able values), and a call to
+  :meth:`Agent.checkpoint` wherever that state is worth saving (the harness saves it there);
+- with ``has_policy``: :meth:`Agent.save_policy` and :meth:`Agent.load_policy`.
+
+The environment an agent gets (:class:`RecordedEnv`) counts and records every evaluation; the harness that
+builds it, the run directory and the resume live in ``runner/``, which this module never imports.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import time
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
-import gymnasium as gym
 import numpy as np
 import torch
 
 from netcomp.arch import Arch, arch_from_dict, arch_to_dict
-from netcomp.errors import UserError, disk_full_error
-from netcomp.files import torch_save_atomic
-from netcomp.jsonl import CorruptLineWarning, append_jsonl, read_jsonl
 from netcomp.surgery import save_student
 
 
@@ -95,212 +90,27 @@ class Budget:
         self.charged_seconds += float(seconds)
 
 
-def to_jsonable(value: Any) -> Any:
-    """Actions and infos as plain JSON values (numpy arrays and scalars become lists and numbers)."""
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
-
-
-#: Env kwargs a replay does not need: where files live, the device, rendering, and the teacher object or
-#: file (named by its identity and hash instead).
-REPLAY_DROP = ("cache_path", "device", "data_root", "download", "home", "render_mode", "teacher")
-
-
-@dataclass
-class RunLog:
-    """What every environment of one run shares: the budget, the evaluations file and the records.
-
-    On resume, records before ``skip_until`` are already on disk: they are counted again as the agent
-    replays them (from the evaluation cache) but not written twice.
-    """
+class RecordedEnv(Protocol):
+    """What an agent's environment offers (``runner.recorder.Recorder`` implements it): a gymnasium env whose
+    every finished episode, batch member or submission is one recorded evaluation of the run's budget."""
 
     budget: Budget
-    path: Path | None = None
-    records: list[dict] = field(default_factory=list)
-    skip_until: int = 0
-    callbacks: list[Callable[[dict], None]] = field(default_factory=list)
-    start: float = field(default_factory=time.perf_counter)
-    #: the evaluators of the run's envs (each once), whose trainings the harness checks against the records
-    evaluators: list[Any] = field(default_factory=list)
-    #: records before this position were read from disk; the ones after were made by this process
-    session_start: int = -1
-
-    def __post_init__(self) -> None:
-        if self.session_start < 0:
-            self.session_start = len(self.records)
-
-    def watch(self, evaluator: Any) -> None:
-        """Count ``evaluator``'s trainings in this run's accounting (once, however many envs share it)."""
-        if evaluator is not None and all(evaluator is not e for e in self.evaluators):
-            self.evaluators.append(evaluator)
-
-    def add(self, record: dict) -> None:
-        self.records.append(record)
-        if self.path is not None and record["index"] >= self.skip_until:
-            try:
-                append_jsonl(self.path, record)
-            except OSError as exc:
-                raise disk_full_error(self.path, exc) from None
-        for callback in self.callbacks:
-            callback(record)
-
-
-class Recorder(gym.Wrapper):
-    """Counts and logs every evaluation (finished episode) of the wrapped environment.
-
-    Each finished episode is one evaluation: it increments ``budget.used`` and adds a record (action(s),
-    arch key, params, MACs, accuracy, reward, valid, seconds, whether it came from the cache) to the
-    run's :class:`RunLog`, which appends it to ``evaluations.jsonl`` as it happens. Stepping after the
-    budget is spent raises :class:`BudgetExhausted`.
-    """
-
-    def __init__(self, env: gym.Env, log: RunLog | Budget) -> None:
-        super().__init__(env)
-        self.log = log if isinstance(log, RunLog) else RunLog(log)
-        self.log.watch(getattr(env.unwrapped, "evaluator", None))
-        self._actions: list[Any] = []
-        self._replay: dict[str, Any] | None = None
-
-    def replay_spec(self) -> dict[str, Any]:
-        """What rebuilds this env's scoring for a replay (``run_agent.py --validate``): the env id and its
-        kwargs (less where files live and the device), the teacher's identity and file hash, the fidelity."""
-        if self._replay is None:
-            from netcomp.teachers import teacher_identity
-
-            base = self.env.unwrapped
-            spec = base.spec
-            kwargs = {k: to_jsonable(v) for k, v in (spec.kwargs if spec else {}).items() if k not in REPLAY_DROP}
-            self._replay = {"env_id": spec.id if spec else None, "env_kwargs": kwargs,
-                            "teacher": teacher_identity(base.teacher), "fidelity": base.fidelity.name,
-                            "fidelity_key": base.fidelity.key()}
-        return self._replay
+    records: list[dict]
+    action_space: Any
+    observation_space: Any
+    unwrapped: Any
 
     @property
-    def budget(self) -> Budget:
-        return self.log.budget
+    def best(self) -> dict | None: ...
 
-    @property
-    def records(self) -> list[dict]:
-        return self.log.records
+    def reset(self, **kwargs: Any) -> tuple[Any, dict]: ...
 
-    def reset(self, **kwargs: Any) -> tuple[Any, dict]:
-        self._actions = []
-        return self.env.reset(**kwargs)
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]: ...
 
-    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
-        self._check_budget(1)
-        self._actions.append(to_jsonable(action))
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        if terminated or truncated:
-            action = self._actions[0] if len(self._actions) == 1 else self._actions
-            last = getattr(self.env.unwrapped, "last_result", None)
-            self._record(float(reward), info, action, bool(getattr(last, "cached", False)))
-        return obs, reward, terminated, truncated, info
-
-    def evaluate_many(self, actions: Sequence[Any]) -> list[dict]:
-        """Score whole-episode actions together (see ``CompressionEnv.evaluate_many``); one evaluation each.
-
-        Raises BudgetExhausted if the budget cannot pay for all of them (ask for at most ``budget.left``).
-        """
-        actions = list(actions)
-        self._check_budget(len(actions))
-        infos = self.env.unwrapped.evaluate_many(actions)
-        results = self.env.unwrapped.last_results
-        for action, info, result in zip(actions, infos, results):
-            self._record(float(info["reward"]), info, to_jsonable(action), bool(result.cached))
-        return infos
+    def evaluate_many(self, actions: Sequence[Any]) -> list[dict]: ...
 
     def submit(self, student: Arch, weights: Mapping[str, Any] | None = None, train: bool = True,
-               facts: Mapping[str, Any] | None = None) -> dict:
-        """Score a white-box agent's finished student like an episode (``CompressionEnv.score_student``).
-
-        Counted and recorded as one evaluation; the record holds the student's architecture (so it can be
-        rebuilt), the agent's own ``facts`` about it under ``"facts"`` (e.g. DeepHoyer's element density)
-        and, when weights were given and the run has a directory, they are saved atomically to
-        ``submitted/<index>.pt`` (loadable with weights_only=True).
-        """
-        self._check_budget(1)
-        info = self.env.unwrapped.score_student(student, weights, train=train)
-        is_student = isinstance(student, Arch)
-        extra = {"student": arch_to_dict(student) if is_student else None, "trained": weights is None or bool(train)}
-        if facts:
-            extra["facts"] = to_jsonable(dict(facts))
-        tensors = isinstance(weights, Mapping) and all(isinstance(v, torch.Tensor) for v in weights.values())
-        if tensors and self.log.path is not None and is_student:
-            path = self.log.path.parent / "submitted" / f"{self.budget.used}.pt"
-            torch_save_atomic({k: v.detach().cpu() for k, v in weights.items()}, path)
-            extra["weights"] = str(path.relative_to(self.log.path.parent))
-        self._record(float(info["reward"]), info, None, False, extra)
-        return info
-
-    def _check_budget(self, n: int) -> None:
-        budget = self.budget
-        if budget.exhausted:
-            raise BudgetExhausted(f"the budget ({_describe(budget)}) is spent")
-        if budget.evaluations is not None and n > budget.left:
-            raise BudgetExhausted(f"asked for {n} evaluations with {budget.left} left ({_describe(budget)})")
-
-    def _record(self, reward: float, info: dict, action: Any, cached: bool, extra: dict | None = None) -> None:
-        index = self.budget.used
-        self.budget.used += 1
-        if not cached:  # a cache hit trained nothing: it costs no training seconds
-            self.budget.eval_seconds += float(info.get("eval_seconds") or 0.0)
-        record = {
-            "index": index, "space": self.env.unwrapped.space, "action": action, "reward": reward,
-            **{k: to_jsonable(info.get(k)) for k in (
-                "valid", "accuracy", "teacher_accuracy", "params", "teacher_params", "macs", "teacher_macs",
-                "compression", "arch_key", "eval_seconds", "invalid_reason")},
-            "cached": cached,
-            "wall_seconds": time.perf_counter() - self.log.start,
-            "replay": {**self.replay_spec(), "train_seed": int(self.env.unwrapped.train_seed),
-                       "threads": torch.get_num_threads()},
-            **(extra or {}),
-        }
-        self.log.add(record)
-
-    @property
-    def best(self) -> dict | None:
-        """The record with the highest reward so far."""
-        return max(self.records, key=lambda r: r["reward"], default=None)
-
-
-class CorruptRecord(UserError):
-    """A line in the middle of ``evaluations.jsonl`` is damaged: no kill or full disk can do that."""
-
-
-def read_records(path: Path) -> list[dict]:
-    """The evaluations a run has written ([] if none).
-
-    A torn last line (a kill or a full disk mid-append) is dropped and cut off the file, so a resumed run
-    appends on a clean line. A damaged line in the middle, or a line whose index is out of order, is not
-    something a kill can leave: :class:`CorruptRecord` names the line and what to do, since skipping it would
-    shift every later evaluation and give a silently wrong record.
-    """
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        rows = read_jsonl(path)
-    for w in caught:
-        if issubclass(w.category, CorruptLineWarning):
-            raise CorruptRecord(f"{w.message} -- a kill only ever tears the LAST line (that one is repaired on "
-                                f"its own); a damaged middle line means the file was edited or the disk is failing. "
-                                f"Restore the line from a backup, or move that line and every line after it to "
-                                f"another file and --resume: the run continues from the lines before it") from None
-        warnings.warn(w.message, w.category, stacklevel=2)
-    for position, row in enumerate(rows):
-        if not isinstance(row.get("index"), int) or row["index"] != position or "reward" not in row:
-            raise CorruptRecord(f"{path}: line {position + 1} is not evaluation {position} (index "
-                                f"{row.get('index')!r}); the file was edited. Restore it, or move that line and "
-                                f"every line after it to another file and --resume from the lines before it")
-    return rows
+               facts: Mapping[str, Any] | None = None) -> dict: ...
 
 
 class Agent(ABC):
@@ -319,10 +129,12 @@ class Agent(ABC):
     budget_units: ClassVar[tuple[str, ...]] = ("evaluations", "seconds")
     #: whether a finished run can be extended with a larger budget (False: the schedule is fixed at start)
     extendable: ClassVar[bool] = True
+    #: whether the agent saves a policy (``policy.pt``) and can start from one (``--load-policy``)
+    has_policy: ClassVar[bool] = False
     Config: ClassVar[type] = object
 
-    def __init__(self, env: Recorder, config: Any, seed: int = 0, run_dir: Path | None = None,
-                 make_env: Callable[..., Recorder] | None = None) -> None:
+    def __init__(self, env: RecordedEnv, config: Any, seed: int = 0, run_dir: Path | None = None,
+                 make_env: Callable[..., RecordedEnv] | None = None) -> None:
         check_compatible(type(self), env.unwrapped.space, env.unwrapped.mode)
         self.env = env
         #: ``make_env(space, mode="oneshot", **env_kwargs)``: another env on the same teacher, data, fidelity
@@ -333,6 +145,8 @@ class Agent(ABC):
         self.run_dir = run_dir
         self.rng = np.random.default_rng(seed)
         self.notes: dict[str, Any] = {}  # facts the run records in summary.json (e.g. a transferred policy)
+        #: what :meth:`checkpoint` calls: the harness sets it to save :meth:`state` (None: nothing is saved)
+        self.on_checkpoint: Callable[[], None] | None = None
 
     @property
     def budget(self) -> Budget:
@@ -372,11 +186,29 @@ class Agent(ABC):
     def run(self) -> None:
         """Spend the budget."""
 
+    def checkpoint(self) -> None:
+        """Save the agent's state now (call it where a resume should restart from: after a batch, an update).
+
+        Evaluations recorded after the last checkpoint are replayed from the cache on resume, so call it
+        often enough that a resume replays little, and only where :meth:`state` is consistent."""
+        if self.on_checkpoint is not None:
+            self.on_checkpoint()
+
+    def save_policy(self, path: str | Path) -> None:
+        """Write the learned policy (``has_policy`` agents), loadable with ``torch.load(weights_only=True)``."""
+        raise NotImplementedError(f"agent {self.name!r} has no policy to save")
+
+    def load_policy(self, path: str | Path, trust_pickle: bool = False) -> None:
+        """Start from a policy another run saved (``has_policy`` agents); ``trust_pickle`` comes from the
+        command line only and lets a format that unpickles code be read."""
+        raise NotImplementedError(f"agent {self.name!r} has no policy to load")
+
     def state(self) -> dict[str, Any]:
         """Everything needed to resume (override and extend; values must be torch.save-able)."""
         return {"rng": self.rng.bit_generator.state}
 
     def load_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state` returned (override and extend)."""
         self.rng.bit_generator.state = state["rng"]
 
     def student_of(self, record: dict) -> Arch | None:
@@ -415,11 +247,6 @@ class Agent(ABC):
         self.notes["final"] = {**final, "arch": arch_to_dict(student)}
         return self.notes["final"]
 
-    def final_action(self) -> Any:
-        """The action of the best student found (white-box agents return their result here)."""
-        best = self.env.best
-        return None if best is None else best["action"]
-
 
 @contextlib.contextmanager
 def one_torch_thread() -> Iterator[None]:
@@ -453,15 +280,6 @@ def check_budget_units(agent: type[Agent], budget: Budget) -> None:
                          f"counted in evaluations, not training seconds")
     if budget.seconds is None and "evaluations" not in agent.budget_units:
         raise ValueError(f"agent {agent.name!r} needs a budget in training seconds (--budget-seconds S)")
-
-
-def _describe(budget: Budget) -> str:
-    parts = []
-    if budget.evaluations is not None:
-        parts.append(f"{budget.used}/{budget.evaluations} evaluations")
-    if budget.seconds is not None:
-        parts.append(f"{budget.train_seconds:.1f}/{budget.seconds:g} training seconds")
-    return ", ".join(parts)
 
 
 def check_compatible(agent: type[Agent], space: str, mode: str) -> None:

@@ -36,8 +36,9 @@ import optuna
 from gymnasium import spaces as gym_spaces
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from agents.base import Agent, to_jsonable
+from agents.base import Agent
 from netcomp.files import write_text_atomic
+from netcomp.jsonl import to_jsonable
 from netcomp.pareto import front_csv, front_hypervolume, pareto_front
 
 OBJECTIVES = ("reward", "pareto")
@@ -321,8 +322,6 @@ class OptunaAgent(Agent):
             self.study.tell(trial, self.values(info))
         self.batches.append(n)
 
-    def checkpoint(self) -> None:
-        """Called after every batch; the runner replaces it to save :meth:`state`."""
 
     # -------------------------------------------------------------- resume
     @property
@@ -389,7 +388,7 @@ class OptunaAgent(Agent):
 
 
 def _mismatch(index: int) -> None:
-    from agents.rundir import ReplayMismatch
+    from runner.rundir import ReplayMismatch
 
     raise ReplayMismatch(f"resume cannot rebuild the study: trial {index} asks for another action than the one "
                          f"recorded (was Optuna upgraded since the run started?). Start a new run")

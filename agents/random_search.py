@@ -46,8 +46,6 @@ class RandomAgent(Agent):
             self.evaluate_many([sample() for _ in range(n)])
             self.checkpoint()
 
-    def checkpoint(self) -> None:
-        """Called after every batch; the runner replaces it to save state."""
 
     def state(self) -> dict[str, Any]:
         return {**super().state(), "space_rng": self.env.action_space.np_random.bit_generator.state}

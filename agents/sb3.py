@@ -61,6 +61,7 @@ class SB3Agent(Agent):
     kind = "policy"
     spaces = ("removal", "shrinkage", "channel-ratio", "ranking-affine")
     modes = ("sequential", "oneshot")
+    has_policy = True
     Config = SB3Config
     algorithm: ClassVar[type[BaseAlgorithm]] = PPO
 
@@ -80,8 +81,6 @@ class SB3Agent(Agent):
             return
         self.model.learn(total_timesteps=10**9, callback=_RolloutCheckpoints(self), reset_num_timesteps=False)
 
-    def checkpoint(self) -> None:
-        """Called at every rollout boundary; the runner replaces it to save state."""
 
     # ------------------------------------------------------------------ resume
     def state(self) -> dict[str, Any]:

@@ -200,6 +200,7 @@ def fit_embedding(gp: EmbeddingGP, config: ESNACConfig) -> dict[str, Any]:
 class ESNACAgent(Agent):
     """ESNAC's multiple-kernel Bayesian optimisation; see the module docstring."""
 
+    has_policy = True
     name = "esnac"
     kind = "blackbox"
     spaces = ("edit", "removal", "shrinkage")
@@ -229,8 +230,6 @@ class ESNACAgent(Agent):
         if self.config.top_k > 0 and "final" not in self.notes:
             self.full_training()
 
-    def checkpoint(self) -> None:
-        """Called after every step; the runner replaces it to save state."""
 
     def search_step(self) -> list[tuple[float, dict]]:
         """One BO step: K kernels, one proposal each, evaluated together."""

@@ -330,8 +330,6 @@ class HoyerAgent(Agent):
         self.notes["points"] = []
         self.best_reward: float | None = None
 
-    def checkpoint(self) -> None:
-        """Called after every submission; the runner replaces it to save state."""
 
     def run(self) -> None:
         while self.next < len(self.config.decays) and not self.budget.exhausted:

@@ -36,9 +36,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from agents.base import Agent, to_jsonable
+from agents.base import Agent
 from netcomp.arch import Arch
 from netcomp.distill import TrainConfig
+from netcomp.jsonl import to_jsonable
 
 #: The agents' stages; ``state()["stage"]`` is one of them.
 STAGES = ("search", "deploy", "done")
@@ -222,8 +223,6 @@ class _Deploying(Agent):
         self.stage = "search"
         self.best: dict[str, Any] | None = None  # {"index", "reward", "action" (list)} of the best candidate
 
-    def checkpoint(self) -> None:
-        """Called after every batch and stage change; the runner replaces it to save ``state()``."""
 
     @property
     def targets(self) -> list[float]:

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agents.base import Agent, Recorder, one_torch_thread
+from agents.base import Agent, RecordedEnv, one_torch_thread
 from envs.shrinkage import N2N_LOOKUP
 from netcomp.arch import Arch, arch_from_dict, arch_to_dict, n2n_descriptors
 from netcomp.distill import LOSSES, OPTIMIZERS, SCHEDULES, TrainConfig
@@ -346,6 +346,7 @@ class N2NAgent(Agent):
     :meth:`load_policy`.
     """
 
+    has_policy = True
     name: ClassVar[str] = "n2n"
     kind: ClassVar[str] = "policy"
     spaces: ClassVar[tuple[str, ...]] = ("removal",)
@@ -354,8 +355,8 @@ class N2NAgent(Agent):
     extendable: ClassVar[bool] = False  # the stage split is fixed by the budget the run started with
     Config: ClassVar[type] = N2NConfig
 
-    def __init__(self, env: Recorder, config: N2NConfig, seed: int = 0, run_dir: Path | None = None,
-                 make_env: Callable[..., Recorder] | None = None) -> None:
+    def __init__(self, env: RecordedEnv, config: N2NConfig, seed: int = 0, run_dir: Path | None = None,
+                 make_env: Callable[..., RecordedEnv] | None = None) -> None:
         super().__init__(env, config, seed=seed, run_dir=run_dir, make_env=make_env)
         self.config: N2NConfig = config
         self.features = (len(REFERENCE_COLUMNS) if config.policy_input == "reference"
@@ -377,11 +378,9 @@ class N2NAgent(Agent):
         self.best: dict[str, Any] | None = None          # best valid student of both stages
         self.best_removal: dict[str, Any] | None = None  # best valid stage-1 student (stage 2 starts there)
         self.history: list[dict[str, Any]] = []          # one row per policy epoch
-        self.stage2_env: Recorder | None = None
+        self.stage2_env: RecordedEnv | None = None
 
     # ------------------------------------------------------------------ hooks
-    def checkpoint(self) -> None:
-        """Called after every policy update and stage change; the runner replaces it to save ``state()``."""
 
     # ------------------------------------------------------------------ budget split
     @property
@@ -429,7 +428,7 @@ class N2NAgent(Agent):
             self.save_policy(Path(self.run_dir) / "policy.pt")
         self.checkpoint()
 
-    def stage_env(self, stage: str) -> Recorder:
+    def stage_env(self, stage: str) -> RecordedEnv:
         """The env a stage acts on; stage 2's is built (once) from the best stage-1 student's removals."""
         if stage == "removal":
             return self.env
@@ -543,7 +542,7 @@ class N2NAgent(Agent):
                 loss.backward()
                 opt.step()
 
-    def _evaluate_many(self, env: Recorder, actions: Sequence[np.ndarray]) -> list[tuple[Arch, tuple[float, dict]]]:
+    def _evaluate_many(self, env: RecordedEnv, actions: Sequence[np.ndarray]) -> list[tuple[Arch, tuple[float, dict]]]:
         """Oneshot episodes of ``env``, one evaluation each: (student, (reward, info)) per action.
 
         ``batch_children`` trains them together (``evaluate_many``); otherwise one episode at a time.

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agents.base import Agent, Recorder
+from agents.base import Agent, RecordedEnv
 from netcomp.arch import Arch
 from netcomp.data import DeviceLoader, Split
 from netcomp.distill import TrainConfig
@@ -496,8 +496,8 @@ class TASAgent(Agent):
     extendable: ClassVar[bool] = False  # one search, one submitted student
     Config: ClassVar[type] = TASConfig
 
-    def __init__(self, env: Recorder, config: TASConfig, seed: int = 0, run_dir: Path | None = None,
-                 make_env: Callable[..., Recorder] | None = None) -> None:
+    def __init__(self, env: RecordedEnv, config: TASConfig, seed: int = 0, run_dir: Path | None = None,
+                 make_env: Callable[..., RecordedEnv] | None = None) -> None:
         super().__init__(env, config, seed=seed, run_dir=run_dir, make_env=make_env)
         self.config: TASConfig = config
         self.space = TASSpace.of(env.unwrapped.arch)
@@ -518,8 +518,6 @@ class TASAgent(Agent):
         self.history: list[dict[str, Any]] = []
         self.search_seconds = 0.0
 
-    def checkpoint(self) -> None:
-        """Called after every search epoch and stage change; the runner replaces it to save ``state()``."""
 
     # ------------------------------------------------------------------ pipeline
     def run(self) -> None:

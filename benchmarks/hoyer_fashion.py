@@ -21,12 +21,13 @@ import time
 
 import torch
 
-from agents.base import Budget, Recorder, RunLog, make_config
-from agents.rundir import agent_yaml
+from agents.base import Budget, make_config
 from baselines.hoyer import HoyerAgent, HoyerConfig
 from envs.channel_ratio import ChannelRatioEnv
 from netcomp.arch import arch_from_dict
 from netcomp.distill import evaluate
+from runner.recorder import Recorder, RunLog
+from runner.rundir import agent_yaml
 
 
 def floats(text: str) -> list[float]:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from agents.base import read_records
 from baselines.legr import DeployConfig, finetune_report
+from runner.recorder import read_records
 
 AGENTS = ("legr", "l2-global", "uniform", "random")
 

@@ -43,11 +43,14 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Delete the temporary files that killed atomic writes left in ``folder`` and below; the removed paths.
+    """Delete the temporary files that killed atomic writes left in ``folder`` and its ``submitted/``; the
+    removed paths (not recursive: a folder of runs keeps each run's own).
 
     Call it only while holding the folder's lock: a live writer's temporary file must not be taken away.
     """
-    stale = [p for p in Path(folder).rglob(f".*{TMP_SUFFIX}") if p.is_file()]
+    folder = Path(folder)
+    stale = [p for where in (folder, folder / "submitted") if where.is_dir()
+             for p in where.glob(f".*{TMP_SUFFIX}") if p.is_file()]
     for p in stale:
         p.unlink(missing_ok=True)
     return stale

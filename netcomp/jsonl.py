@@ -27,12 +27,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX: appends and repairs go unlocked
     fcntl = None
 
-__all__ = ["JsonlWarning", "TornLineWarning", "CorruptLineWarning", "append_jsonl", "read_jsonl"]
+__all__ = ["JsonlWarning", "TornLineWarning", "CorruptLineWarning", "append_jsonl", "read_jsonl", "to_jsonable"]
 
 
 class JsonlWarning(UserWarning):
@@ -165,3 +167,18 @@ def _locked(f: IO[Any]) -> Iterator[None]:
         if locked:
             with contextlib.suppress(OSError):
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def to_jsonable(value: Any) -> Any:
+    """Actions and infos as plain JSON values (numpy arrays and scalars become lists and numbers)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value

@@ -47,3 +47,29 @@ def one_thread():
 
     with one_torch_thread():
         yield
+
+
+#: What marks a test needs, read from its source: it starts run_agent.py in another process, a Ray cluster, or
+#: reads real Fashion-MNIST / the shipped teachers. ``-m "not subprocess and not ray and not real_data"`` is
+#: the fast core (about a minute on 2 cores).
+_MARK_WORDS = {
+    "subprocess": ("subprocess.", "_kill_when(", "_resume("),
+    "ray": ("WorkerPool", "ray."),
+    "real_data": ("fashionmnist", "shipped_teacher", "SHIPPED_DIR"),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test by what its own source (and its module's helpers it names) does."""
+    import inspect
+
+    for item in items:
+        if item.module.__name__.endswith("test_ray_workers"):
+            item.add_marker("ray")
+        try:
+            source = inspect.getsource(item.function)
+        except (OSError, TypeError):
+            continue
+        for mark, words in _MARK_WORDS.items():
+            if any(word in source for word in words):
+                item.add_marker(mark)

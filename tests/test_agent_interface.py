@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from agents.base import Agent, Budget, BudgetExhausted, Recorder, RunLog, check_budget_units, read_records
+from agents.base import Agent, Budget, BudgetExhausted, check_budget_units
 from envs.channel_ratio import ChannelRatioEnv
 from envs.removal import RemovalEnv
 from netcomp.surgery import build_module, set_widths
+from runner.recorder import Recorder, RunLog, read_records
 
 
 class _Probe(Agent):

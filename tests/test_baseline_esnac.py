@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from agents.base import Budget, Recorder, read_records
+from agents.base import Budget
 from baselines.esnac import (
     EmbeddingGP,
     ESNACAgent,
@@ -23,6 +23,7 @@ from baselines.esnac import (
 )
 from envs.edit import EditEnv
 from netcomp.jsonl import read_jsonl
+from runner.recorder import Recorder, read_records
 from tests.conftest import TINY, cli
 from tests.test_run_integrity import ROOT, _kill_when, _resume, _same
 

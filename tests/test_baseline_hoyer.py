@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from agents.base import Budget, Recorder, RunLog, read_records
+from agents.base import Budget
 from baselines.hoyer import HoyerAgent, HoyerConfig, alive_macs, dead_channels, shrink, train_phase, weight_tensors
 from envs.channel_ratio import ChannelRatioEnv
 from netcomp.arch import Arch, arch_from_dict
@@ -18,6 +18,7 @@ from netcomp.metrics import GroupCostModel, count_macs, count_params
 from netcomp.sparsity import penalty
 from netcomp.surgery import build_module, load_student
 from netcomp.zoo import build_arch
+from runner.recorder import Recorder, RunLog, read_records
 from tests.conftest import cli
 
 #: A threshold that kills some, not all, channels of the smoke teacher's groups after a smoke run.

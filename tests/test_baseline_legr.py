@@ -11,7 +11,7 @@ import torch
 import yaml
 
 import baselines.legr as legr
-from agents.base import Budget, Recorder, RunLog, make_config, read_records
+from agents.base import Budget, make_config
 from baselines.legr import (
     DeployConfig,
     L2GlobalAgent,
@@ -27,6 +27,7 @@ from envs.ranking_affine import RankingAffineEnv, legr_quota
 from netcomp.distill import TrainConfig, evaluate, lr_multiplier, train_students
 from netcomp.metrics import count_macs
 from netcomp.surgery import build_module
+from runner.recorder import Recorder, RunLog, read_records
 from tests.conftest import TINY, cli
 from tests.test_run_integrity import _cmd, _kill_when, _resume, _same
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.base import Budget, Recorder, RunLog, make_config
+from agents.base import Budget, make_config
 from baselines.n2n import (
     N2NAgent,
     N2NConfig,
@@ -26,6 +26,7 @@ from netcomp.distill import evaluate
 from netcomp.surgery import build_module
 from netcomp.teachers import Teacher, load_yaml
 from netcomp.zoo import build_arch
+from runner.recorder import Recorder, RunLog
 
 #: Small and quick: 3 rollouts per update, a two-step final fine-tune.
 QUICK = {"rollouts": 3, "finetune_epochs": 1.0, "finetune_batch_size": 64, "finetune_max_steps": 2}
@@ -244,7 +245,7 @@ def test_shortcut_misalignment_switch_shifts_the_env_action(tiny):
 def test_state_round_trip_resumes_with_the_same_actions(tiny):
     a, _, log_a = make_agent(tiny, evaluations=6, rollouts=2, finetune=False)
     states = []
-    a.checkpoint = lambda: states.append(through_disk(a.state()))
+    a.on_checkpoint = lambda: states.append(through_disk(a.state()))
     a.run()
     assert [h["rollouts"] for h in a.history] == [2, 1, 2, 1]  # 3 evaluations per stage, partial last epochs
     # resume after the first removal epoch, and after the first shrinkage epoch (stage 2 env rebuilt)

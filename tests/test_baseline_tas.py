@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from agents.base import Budget, Recorder
+from agents.base import Budget
 from baselines.tas import (
     SuperNet,
     TASAgent,
@@ -27,6 +27,7 @@ from baselines.tas import (
 from envs.channel_ratio import ChannelRatioEnv
 from netcomp.metrics import count_macs
 from netcomp.zoo import build_arch
+from runner.recorder import Recorder
 from tests.conftest import cli
 
 #: TAS's released C10 ResNet-56 config (configs/NeurIPS-2019/C010-ResNet56.config): xchannels, xblocks and
@@ -195,7 +196,7 @@ def test_resume_after_a_kill_mid_search_gives_the_same_search_and_student(tiny):
             saved["blob"] = buffer.getvalue()
             raise Killed
 
-    killed.checkpoint = checkpoint
+    killed.on_checkpoint = checkpoint
     with pytest.raises(Killed):
         killed.run()
     resumed = make_agent(tiny, config)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
-from agents.base import read_records
-from agents.compare import (
+from netcomp.jsonl import append_jsonl
+from runner.compare import (
     RunResult,
     best_so_far,
     best_students,
@@ -23,8 +23,8 @@ from agents.compare import (
     run_result,
     shared_env_settings,
 )
-from agents.rundir import ConfigError
-from netcomp.jsonl import append_jsonl
+from runner.recorder import read_records
+from runner.rundir import ConfigError
 from tests.conftest import TINY, cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")

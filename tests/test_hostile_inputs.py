@@ -19,8 +19,9 @@ import pytest
 import torch
 import yaml
 
-from agents.base import BudgetExhausted, read_records
+from agents.base import BudgetExhausted
 from agents.random_search import RandomAgent
+from runner.recorder import read_records
 from tests.conftest import TINY, cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -379,12 +380,12 @@ def test_resume_and_comparison_flag_mistakes_get_one_line(tiny_config, tmp_path,
 
 
 def test_a_full_disk_names_the_file_and_the_free_space(tiny_config, tmp_path, monkeypatch, capsys):
-    import agents.base
+    import runner.recorder
 
     def full(path, row):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(agents.base, "append_jsonl", full)
+    monkeypatch.setattr(runner.recorder, "append_jsonl", full)
     assert cli("--env", ENV, "--agent", "random", "--budget", 2, "--config", tiny_config,
                "--out", tmp_path / "x") == 2
     line = _one_error_line(capsys)
@@ -407,8 +408,9 @@ def test_a_bad_submission_is_an_invalid_student_with_its_reason(tiny):
     import gymnasium as gym
 
     import envs  # noqa: F401
-    from agents.base import Budget, Recorder
+    from agents.base import Budget
     from netcomp.zoo import build_arch
+    from runner.recorder import Recorder
 
     env = Recorder(gym.make("netcomp/channel-ratio-resnet20-synthetic-v0", **tiny), Budget(4))
     env.reset(seed=0)

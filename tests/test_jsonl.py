@@ -8,13 +8,14 @@ import warnings
 
 import pytest
 
-from agents.base import Budget, RunLog, read_records
+from agents.base import Budget
 from netcomp import jsonl
 from netcomp.data import load_dataset
 from netcomp.evaluator import EvalResult, Evaluator, load_fidelity
 from netcomp.jsonl import CorruptLineWarning, TornLineWarning, append_jsonl, read_jsonl
 from netcomp.surgery import set_widths
 from netcomp.teachers import get_teacher
+from runner.recorder import RunLog, read_records
 from tests.conftest import TINY
 
 ROWS = [{"index": 0, "reward": 0.5, "action": [1, 0, 1]}, {"index": 1, "reward": None, "note": "ünïcode"}]

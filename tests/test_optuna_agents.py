@@ -18,8 +18,7 @@ import pytest
 import torch
 import yaml
 
-from agents import AGENTS, get_agent
-from agents.base import Budget, Recorder, RunLog, make_config, read_records
+from agents.base import Budget, make_config
 from agents.optuna_agents import (
     INDEX_ATTR,
     RUN_ATTR,
@@ -37,6 +36,8 @@ from envs.ranking_affine import RankingAffineEnv
 from envs.removal import RemovalEnv
 from envs.shrinkage import ShrinkageEnv
 from netcomp.pareto import front_csv, front_hypervolume, hypervolume, pareto_front
+from runner.recorder import Recorder, RunLog, read_records
+from runner.registry import AGENTS, get_agent
 from tests.conftest import TINY, cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -372,7 +373,7 @@ def test_a_shared_run_killed_mid_batch_scores_and_tells_its_running_trials_on_re
         return evaluate(actions)
 
     agent.evaluate_many = evaluate_until_killed
-    agent.checkpoint = lambda: checkpoints.append(agent.state())
+    agent.on_checkpoint = lambda: checkpoints.append(agent.state())
     with pytest.raises(KeyboardInterrupt):
         agent.run()
     running = [t for t in agent.study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]

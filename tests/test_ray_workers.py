@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from agents.base import read_records
 from netcomp.jsonl import read_jsonl
+from runner.recorder import read_records
 from tests.conftest import TINY, cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -13,8 +13,8 @@ import torch
 import yaml
 
 import run_agent
-from agents.base import read_records
 from netcomp.surgery import load_student
+from runner.recorder import read_records
 from tests.conftest import TINY, cli
 
 ROOT = Path(__file__).resolve().parent.parent

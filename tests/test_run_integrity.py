@@ -12,10 +12,10 @@ import pytest
 import torch
 import yaml
 
-from agents.base import read_records
-from agents.rundir import locked
 from netcomp.jsonl import read_jsonl
 from netcomp.surgery import load_student
+from runner.recorder import read_records
+from runner.rundir import locked
 from tests.conftest import TINY, cli
 
 ROOT = Path(__file__).resolve().parent.parent

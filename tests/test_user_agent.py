@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from agents import get_agent
-from agents.base import read_records
 from agents.random_search import RandomAgent
+from runner.recorder import read_records
+from runner.registry import get_agent
 from tests.conftest import cli
 
 README = Path(__file__).resolve().parent.parent / "README.md"

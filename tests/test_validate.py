@@ -10,10 +10,11 @@ import pytest
 import torch
 import yaml
 
-from agents.base import one_torch_thread, read_records
-from agents.validate import validate_run
+from agents.base import one_torch_thread
 from envs.base import CompressionEnv
 from netcomp.evaluator import Evaluator
+from runner.recorder import read_records
+from runner.validate import validate_run
 from tests.conftest import TINY, cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")

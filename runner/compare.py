@@ -34,9 +34,11 @@ from typing import Any
 import numpy as np
 import yaml
 
-from agents.base import Budget, RunLog, read_records
-from agents.report import save_figure
-from agents.rundir import (
+from agents.base import Budget
+from netcomp.files import remove_stale_temporaries, write_text_atomic
+from runner.recorder import RunLog, read_records
+from runner.report import save_figure
+from runner.rundir import (
     CLI_ONLY,
     RUN_DEFAULTS,
     ConfigError,
@@ -44,6 +46,7 @@ from agents.rundir import (
     agent_yaml,
     check_config,
     check_keys,
+    check_out,
     check_resumed_agent,
     check_run_settings,
     locked,
@@ -54,7 +57,6 @@ from agents.rundir import (
     start,
     torch_threads_now,
 )
-from netcomp.files import remove_stale_temporaries, write_text_atomic
 
 COMPARE_FILE = "compare.yaml"
 #: Run settings every run of a comparison shares (the flags set them; agents' config files cannot).
@@ -64,7 +66,7 @@ SHARED_KEYS = ("budget", "budget_seconds", "fidelity", "device", "data_root", "d
 SPEC_KEYS = ("env", "agents", "seeds", "preset", "run", "agent_sources")
 #: Flags a comparison's resume cannot take: they would change what it computes (or be ignored).
 FIXED_ON_RESUME = ("env", "seeds", "budget", "budget_seconds", "fidelity", "preset", "teacher", "config", "mode",
-                   "load_policy", "seed", "data_root", "download", "threads")
+                   "load_policy", "seed", "threads", "trust_pickle", "top", "tolerance")
 #: "Reached 95% of its final best": the first evaluation whose best so far is within 5% of |final best|.
 REACH_FRACTION = 0.95
 
@@ -79,6 +81,7 @@ def compare_command(args: argparse.Namespace) -> int:
         spec = comparison_spec(args)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         out = Path(args.out or f"runs/compare-{spec['env']}-{stamp}")
+        check_out(out)
         if (out / COMPARE_FILE).exists():
             raise ConfigError(f"{out} already holds a comparison; use --resume {out} or another --out")
     configs = run_configs(spec)  # every agent checked before anything trains
@@ -204,7 +207,7 @@ def _resume_spec(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     only when --agent names the same agents again (compare.yaml never chooses code to import)."""
     spec = read_spec(out)
     for flag in FIXED_ON_RESUME:
-        if getattr(args, flag, None) not in (None, False):
+        if getattr(args, flag, None) is not None and getattr(args, flag) is not False:
             raise ConfigError(f"--{flag.replace('_', '-')} cannot change the comparison in {out}; it is fixed by "
                               f"{out / COMPARE_FILE}")
     if args.out and Path(args.out).resolve() != out.resolve():
@@ -219,9 +222,12 @@ def _resume_spec(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     for key in CLI_ONLY:
         if key in spec["run"]:
             spec["run"][key] = RUN_DEFAULTS[key]
-    for key in ("device", "workers", "ray_address"):  # where it runs may change, not what it computes
+    for key in ("device", "workers", "ray_address", "data_root"):  # where it runs may change, not what it computes
         if getattr(args, key, None) is not None:
             spec["run"][key] = getattr(args, key)
+    spec["run"]["download"] = bool(getattr(args, "download", False))
+    if not isinstance(spec.get("agent_sources") or {}, dict):
+        raise ConfigError(f"{out / COMPARE_FILE}: agent_sources is not a mapping")
     for agent in users:
         check_resumed_agent({"agent": agent, "agent_source": (spec.get("agent_sources") or {}).get(agent)}, agent,
                             out)
@@ -244,7 +250,10 @@ def config_mismatch(run_dir: Path, expected: dict) -> str | None:
              if saved.get(key) != expected.get(key) and not (key == "env" and _same_env_id(saved, expected))]
     run, want = saved.get("run") or {}, expected["run"]
     diffs += [f"{key} {run.get(key)!r} (expected {want.get(key)!r})" for key in (*MATCHED, "seed")
-              if key not in ("device", "workers", "ray_address") and run.get(key) != want.get(key)]
+              if key not in (*CLI_ONLY, "device") and run.get(key) != want.get(key)]
+    diffs += [f"{key} differs" for key in ("agent_config", "agent_source")
+              if key in saved and json.dumps(saved.get(key), sort_keys=True, default=str)
+              != json.dumps(expected.get(key), sort_keys=True, default=str)]
     return f"{run_dir.name}: " + ", ".join(diffs) if diffs else None
 
 
@@ -324,7 +333,8 @@ def _run_one(config: dict, run_dir: Path) -> None:
                  config=None, out=None, resume=None, teacher=None, load_policy=None, trust_pickle=False,
                  device=None, seed=None, data_root=None, download=False, workers=None, ray_address=None)
     if (run_dir / "config.yaml").exists():
-        where = {key: config["run"].get(key) for key in ("device", "workers", "ray_address")}  # may change
+        where = {key: config["run"].get(key) for key in ("device", "workers", "ray_address", "data_root",
+                                                         "download")}  # may change
         agent = config["agent"] if ":" in config["agent"] else None  # checked against the command line already
         start(argparse.Namespace(**{**flags, **where, "agent": agent, "resume": str(run_dir)}))
     else:

@@ -35,10 +35,11 @@ from typing import Any
 
 import yaml
 
-from agents.base import Budget, BudgetExhausted, RunLog, read_records
-from agents.report import best_table, write_plots
+from agents.base import Budget, BudgetExhausted
 from netcomp.errors import UserError
 from netcomp.files import remove_stale_temporaries, torch_save_atomic, write_text_atomic
+from runner.recorder import RunLog, read_records
+from runner.report import best_table, write_plots
 
 #: The run settings a config may hold, with their defaults.
 RUN_DEFAULTS: dict[str, Any] = {
@@ -66,7 +67,10 @@ RUN_DEFAULTS: dict[str, Any] = {
 }
 #: Settings only the command line gives: a run directory (config.yaml, compare.yaml) or a --config file never
 #: holds code to trust, or a network address to connect to (a shared run directory is data).
-CLI_ONLY = ("trust_pickle", "workers", "ray_address")
+CLI_ONLY = ("trust_pickle", "workers", "ray_address", "data_root", "download")
+#: Env kwargs the harness sets itself (where files live, the device): a config's env_kwargs may not.
+HARNESS_ENV_KWARGS = ("cache_path", "data_root", "download", "device", "teacher", "fidelity", "mode",
+                      "dataset_kwargs", "render_mode")
 #: What each run setting must be: (types, test, expectation) for :func:`check_run_settings`.
 _INT, _NUM, _STR, _MAP = (int,), (int, float), (str,), (dict,)
 RUN_TYPES: dict[str, tuple[tuple[type, ...], Any, str]] = {
@@ -100,7 +104,7 @@ USER_KEYS = ("env", "agent", "preset", "run", "agent_config")
 RESOLVED_KEYS = (*USER_KEYS, "mode", "env_space", "agent_source")
 #: Flags that must agree with a resumed run's config (flag -> key in config["run"] or top level).
 RESUME_FLAGS = {"env": "env", "agent": "agent", "fidelity": "fidelity", "seed": "seed", "mode": "mode",
-                "data_root": "data_root", "teacher": "teacher", "load_policy": "load_policy", "threads": "threads"}
+                "teacher": "teacher", "load_policy": "load_policy", "threads": "threads"}
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -161,6 +165,11 @@ def agent_yaml(agent: str, preset: str | None) -> dict:
 def check_run_settings(run: Any, where: str) -> None:
     """ConfigError naming the first run setting of the wrong type or value (``budget: true``, ``seed: -1``)."""
     check_keys(run, tuple(RUN_DEFAULTS), where)
+    owned = sorted(set(run.get("env_kwargs") or {}) & set(HARNESS_ENV_KWARGS)) \
+        if isinstance(run.get("env_kwargs"), dict) else []
+    if owned:
+        raise ConfigError(f"{where} env_kwargs {owned} are set by the run itself (its own run settings and "
+                          f"flags), never through env_kwargs")
     for key, value in run.items():
         types, test, expected = RUN_TYPES[key]
         if value is None and key in _NULLABLE:
@@ -214,6 +223,12 @@ def read_user_config(path: str | None) -> dict:
         raise ConfigError(f"--config {path} run: {named} can only be given on the command line "
                           f"(--trust-pickle, --ray-address): a file never grants trust or names a network address")
     return user
+
+
+def check_out(folder: Path) -> None:
+    """ConfigError when ``--out`` names a file: a run or comparison directory is a folder."""
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--out {folder} is a file; a run directory is a folder (give a new path)")
 
 
 def agent_source(ref: str) -> dict[str, str] | None:
@@ -287,8 +302,17 @@ def resume_config(run_dir: Path, args: argparse.Namespace) -> tuple[dict, bool]:
     """The saved config of a run, with the resume flags checked against it; (config, budget extended)."""
     config = read_yaml_file(run_dir / "config.yaml", "the run's config") or {}
     check_config(config, f"{run_dir / 'config.yaml'}")
+    for key in ("env", "agent", "env_space"):
+        if not config.get(key):
+            raise ConfigError(f"{run_dir / 'config.yaml'} has no {key}: it is not a whole run config")
+    config = merge(DEFAULTS, config)
+    if config.get("agent_source") is not None and not isinstance(config["agent_source"], dict):
+        raise ConfigError(f"{run_dir / 'config.yaml'} agent_source is not a mapping")
     for key in CLI_ONLY:  # never taken from the directory: what the command line says now, or nothing
         config["run"][key] = RUN_DEFAULTS[key]
+    if getattr(args, "data_root", None):
+        config["run"]["data_root"] = args.data_root
+    config["run"]["download"] = bool(getattr(args, "download", False))
     config["run"]["trust_pickle"] = bool(getattr(args, "trust_pickle", False))
     config["agent_config"] = {k: v for k, v in (config.get("agent_config") or {}).items() if k != "study_storage"}
     if getattr(args, "study_storage", None):
@@ -390,8 +414,8 @@ def make_env(config: dict, run_dir: Path, space: str | None = None, pool: Any = 
 def prepare(config: dict, log: RunLog) -> type:
     """Check the agent against the env id and budget before anything trains; the agent's class."""
     import envs
-    from agents import get_agent
     from agents.base import check_budget_units, check_compatible, make_config
+    from runner.registry import get_agent
 
     agent_cls = get_agent(config["agent"])
     env_id = envs.parse_env_id(config["env"])
@@ -408,7 +432,8 @@ def build(config: dict, run_dir: Path, log: RunLog, agent_cls: type, pool: Any =
 
     Every env of the run (the agent's ``make_env`` ones too) gets ``pool``, the run's Ray actors, if any.
     """
-    from agents.base import Recorder, make_config
+    from agents.base import make_config
+    from runner.recorder import Recorder
 
     def make_other(space_name: str, mode: str = "oneshot", **kwargs: Any) -> Recorder:
         return Recorder(make_env(dict(config, mode=mode), run_dir, space=space_name, pool=pool, **kwargs), log)
@@ -417,7 +442,7 @@ def build(config: dict, run_dir: Path, log: RunLog, agent_cls: type, pool: Any =
     agent = agent_cls(env, make_config(agent_cls.Config, config["agent_config"]), seed=config["run"]["seed"],
                       run_dir=run_dir, make_env=make_other)
     if config["run"]["load_policy"]:
-        if not hasattr(agent, "load_policy"):
+        if not agent.has_policy:
             raise ConfigError(f"agent {config['agent']!r} has no policy to load")
         agent.load_policy(config["run"]["load_policy"], trust_pickle=bool(config["run"].get("trust_pickle")))
     return env, agent
@@ -525,8 +550,7 @@ def start(args: argparse.Namespace, config: dict | None = None) -> int:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         label = config["agent"].rpartition(":")[2]  # a user's FILE.py:Class names the run by its class
         run_dir = Path(args.out or f"runs/{config['env']}-{label}-{stamp}")
-        if run_dir.exists() and not run_dir.is_dir():
-            raise ConfigError(f"--out {run_dir} is a file; a run directory is a folder (give a new path)")
+        check_out(run_dir)
         if (run_dir / "config.yaml").exists() or (run_dir / "evaluations.jsonl").exists():
             raise ConfigError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
         created = not run_dir.exists()
@@ -556,14 +580,14 @@ def _budget_of(config: dict, checkpoint: dict | None) -> Budget:
 
 def _missing(run_dir: Path, config: dict) -> list[str]:
     """The files a finished run should hold that are not there."""
-    from agents import get_agent
+    from runner.registry import get_agent
 
     names = ["summary.json", "reward.png", "accuracy_vs_params.png"]
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
     best = summary.get("best_student") or {}
     if config["run"].get("save_best") and best and "skipped" not in best:
         names.append("best_student.pt")
-    if hasattr(get_agent(config["agent"]), "save_policy"):
+    if get_agent(config["agent"]).has_policy:
         names.append("policy.pt")
     if config["run"].get("shared_final") and summary.get("shared_final"):
         names.append("shared_final.json")
@@ -602,7 +626,7 @@ def execute(config: dict, run_dir: Path, resumed: bool, extended: bool) -> int:
         env, agent = build(config, run_dir, log, agent_cls, pool=pool)
         if checkpoint:
             agent.load_state(checkpoint["agent"])
-        agent.checkpoint = lambda: save_checkpoint(agent, run_dir)
+        agent.on_checkpoint = lambda: save_checkpoint(agent, run_dir)
         start_time = time.perf_counter()
         overspent = None
         with _progress(config, budget, log, run_dir):
@@ -665,8 +689,12 @@ def load_checkpoint(run_dir: Path, recorded: int) -> dict | None:
         return None
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        used = int(checkpoint["evaluations"])
-    except (EOFError, RuntimeError, pickle.UnpicklingError, KeyError, TypeError, ValueError, OSError) as exc:
+        used, charged = checkpoint["evaluations"], float(checkpoint.get("charged_seconds", 0.0))
+        if not (isinstance(used, int) and not isinstance(used, bool) and used >= 0 and math.isfinite(charged)
+                and charged >= 0 and isinstance(checkpoint.get("agent"), dict)):
+            raise ValueError("its evaluation count, charged seconds or agent state is not what a run writes")
+    except (EOFError, RuntimeError, pickle.UnpicklingError, KeyError, TypeError, ValueError, OSError,
+            IndexError, AttributeError) as exc:
         raise ConfigError(f"{path} is empty or damaged ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
                           f"); move it aside and --resume again: the agent then restarts from its beginning and "
                           f"replays the {recorded} recorded evaluations from the cache, retraining none") from None
@@ -783,7 +811,7 @@ def finish(config: dict, run_dir: Path, agent: Any, log: RunLog, resumed: bool, 
         best_meta = runner_meta or best_meta
     shared = shared_final(agent, records, run_dir, runner_meta) if config["run"].get("shared_final") else None
     write_plots(records, run_dir)
-    if hasattr(agent, "save_policy"):  # the policy as it ends (after an extension too)
+    if agent.has_policy:  # the policy as it ends (after an extension too)
         agent.save_policy(run_dir / "policy.pt")
     previous = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
     problems = list(dict.fromkeys([*(previous.get("not_comparable") or []), *problems]))  # kept across resumes

@@ -15,8 +15,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from agents.base import read_records
 from netcomp.errors import UserError
+from runner.recorder import read_records
+from runner.rundir import check_config, check_device, read_yaml_file, torch_threads
 
 #: Default tolerance on a GPU: cuDNN/cuBLAS kernels are not bitwise deterministic across runs.
 CUDA_TOLERANCE = 1e-3
@@ -29,8 +30,6 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
     for name in ("config.yaml", "evaluations.jsonl"):
         if not (run_dir / name).is_file():
             raise FileNotFoundError(f"{run_dir / name} is missing: {run_dir} holds no run to validate")
-    from agents.rundir import check_config, read_yaml_file
-
     config = read_yaml_file(run_dir / "config.yaml", "the run's config") or {}
     check_config(config, str(run_dir / "config.yaml"))
     return config, read_records(run_dir / "evaluations.jsonl")
@@ -85,7 +84,7 @@ def make_replay_env(replay: dict, device: str, data_root: str | None, download: 
     """The recorded env, remade without the run's cache (cache_path=None: every student is retrained)."""
     import gymnasium as gym
 
-    from agents.base import REPLAY_DROP
+    from runner.recorder import REPLAY_DROP
 
     env_id = checked_env_id(replay.get("env_id"))
     kwargs = replay.get("env_kwargs")
@@ -122,7 +121,6 @@ def replay_info(env: Any, record: dict, run_dir: Path) -> dict:
     The replay's info (reward and every figure)."""
     import torch
 
-    from agents.rundir import torch_threads
     from netcomp.arch import arch_from_dict
 
     base = env.unwrapped
@@ -182,11 +180,9 @@ def validate_run(run_dir: str | Path, top: int = 5, tolerance: float | None = No
     """
     run_dir = Path(run_dir)
     config, records = read_run(run_dir)
-    run = config.get("run") or {}
     device = resolve_device(device, config)
     tolerance = default_tolerance(device) if tolerance is None else float(tolerance)
-    data_root = data_root or run.get("data_root")
-    download = bool(download or run.get("download"))
+    check_device(device)  # a run recorded on cuda, validated where there is none: one line, not a traceback
     built: dict[str, tuple[Any, str | None]] = {}
     rows = []
     for record in top_records(records, top):
@@ -194,9 +190,13 @@ def validate_run(run_dir: str | Path, top: int = 5, tolerance: float | None = No
         if not replay:
             rows.append(row(record, None, tolerance, "not replayable: the record has no replay spec (older run)"))
             continue
+        if not isinstance(replay, dict) or "env_id" not in replay or "train_seed" not in replay:
+            rows.append(row(record, None, tolerance, "not replayable: the record's replay spec is incomplete"))
+            continue
         key = env_key(replay)
         if key not in built:
-            env = make_replay_env(replay, device, data_root, download, choose_teacher(teacher, config, replay))
+            with torch_threads(int(replay.get("threads") or (config.get("run") or {}).get("threads") or 1)):
+                env = make_replay_env(replay, device, data_root, download, choose_teacher(teacher, config, replay))
             built[key] = (env, teacher_mismatch(env, replay))
         env, mismatch = built[key]
         if mismatch:
@@ -234,8 +234,6 @@ def format_row(r: dict) -> str:
 
 def validate_command(args: argparse.Namespace) -> int:
     """``--validate RUN_DIR``: print recorded vs replayed rewards of the top students; 0 if all agree, else 1."""
-    from agents.rundir import check_device
-
     run_dir = Path(args.validate)
     config, _ = read_run(run_dir)
     check_device(args.device)

@@ -1,0 +1,1 @@
+"""The shipped teachers (weights files and manifest.json), shipped as package data."""
