@@ -67,6 +67,28 @@ def filter_norms(model: nn.Module, arch: Arch, gid: str, squared: bool = False) 
     return total.numpy()
 
 
+def conv_features(arch: Arch, cost: GroupCostModel, genes: tuple[str, ...]) -> np.ndarray:
+    """One static row per gene conv, with the columns of GROUP_FEATURES (so both genomes have one width).
+
+    The AMC columns are the conv's own (channels, map size, stride, kernel, log10 of its own MACs), except
+    ``position`` (over the genes) and ``depthwise`` (a depthwise conv follows the width it produces); the
+    last two columns describe the coupling group it produces: log2(1 + its producers) / 6 and the share of
+    the teacher's MACs that group's width controls.
+    """
+    rows = amc_features(arch)
+    row_of = {name: i for i, name in enumerate(prunable_layers(arch))}
+    group_rows = group_features(arch, cost)
+    pos = {gid: i for i, gid in enumerate(cost.gids)}
+    col = {name: i for i, name in enumerate(GROUP_FEATURES)}
+    own = [col[c] for c in AMC_FEATURES if c not in ("depthwise", "position")]
+    out = np.zeros((len(genes), len(GROUP_FEATURES)), np.float32)
+    for t, name in enumerate(genes):
+        out[t] = group_rows[pos[arch.group_of[name]]]
+        out[t, own] = rows[row_of[name], own]
+        out[t, col["position"]] = t / max(1, len(genes) - 1)
+    return out
+
+
 def round_width(width: float, full: int, granularity: int = 1) -> int:
     """An integer width in [1, full]: rounded half up, then up to a multiple of ``granularity``."""
     w = max(1, int(math.floor(width + 0.5)))
@@ -211,8 +233,6 @@ class ChannelRatioEnv(CompressionEnv):
         if self.granularity == "group":
             rows = group_features(self.arch, self.cost)
         else:
-            from envs.ranking_affine import conv_features  # it imports this module
-
             rows = conv_features(self.arch, self.cost, self.width_entries)
         if not self.stages:
             return rows

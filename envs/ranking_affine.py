@@ -12,8 +12,8 @@ from gymnasium import spaces
 from torch import nn
 
 from envs.base import CompressionEnv, _check_choice, check_box_action
-from envs.channel_ratio import GROUP_FEATURES, check_fraction, filter_norms, group_features
-from netcomp.arch import AMC_FEATURES, Arch, amc_features, prunable_layers
+from envs.channel_ratio import check_fraction, conv_features, filter_norms, group_features
+from netcomp.arch import Arch, prunable_layers
 from netcomp.metrics import GroupCostModel
 from netcomp.surgery import keep_channels
 
@@ -58,28 +58,6 @@ def gene_convs(arch: Arch, cost: GroupCostModel) -> tuple[str, ...]:
     """The producers (conv, or linear) of the shrinkable groups of ``cost``, in node order."""
     producers = {p for gid in cost.gids for p in arch.group(gid).producers}
     return tuple(name for name in prunable_layers(arch) if name in producers)
-
-
-def conv_features(arch: Arch, cost: GroupCostModel, genes: tuple[str, ...]) -> np.ndarray:
-    """One static row per gene conv, with the columns of GROUP_FEATURES (so both genomes have one width).
-
-    The AMC columns are the conv's own (channels, map size, stride, kernel, log10 of its own MACs), except
-    ``position`` (over the genes) and ``depthwise`` (a depthwise conv follows the width it produces); the
-    last two columns describe the coupling group it produces: log2(1 + its producers) / 6 and the share of
-    the teacher's MACs that group's width controls.
-    """
-    rows = amc_features(arch)
-    row_of = {name: i for i, name in enumerate(prunable_layers(arch))}
-    group_rows = group_features(arch, cost)
-    pos = {gid: i for i, gid in enumerate(cost.gids)}
-    col = {name: i for i, name in enumerate(GROUP_FEATURES)}
-    own = [col[c] for c in AMC_FEATURES if c not in ("depthwise", "position")]
-    out = np.zeros((len(genes), len(GROUP_FEATURES)), np.float32)
-    for t, name in enumerate(genes):
-        out[t] = group_rows[pos[arch.group_of[name]]]
-        out[t, own] = rows[row_of[name], own]
-        out[t, col["position"]] = t / max(1, len(genes) - 1)
-    return out
 
 
 class RankingAffineEnv(CompressionEnv):

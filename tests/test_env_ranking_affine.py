@@ -9,7 +9,8 @@ import torch
 from gymnasium import spaces
 from hypothesis import given, settings
 
-from envs.ranking_affine import RankingAffineEnv, conv_features, gene_convs, legr_quota
+from envs.channel_ratio import conv_features
+from envs.ranking_affine import RankingAffineEnv, gene_convs, legr_quota
 from netcomp.arch import prunable_layers
 from netcomp.metrics import GroupCostModel, count_macs
 from netcomp.surgery import build_module, inherit_weights, keep_channels, set_widths
