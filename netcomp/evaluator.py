@@ -34,6 +34,29 @@ from netcomp.teachers import Teacher, load_yaml
 MAX_GROWTH = 16.0
 #: TrainConfig keys a fidelity's ``final`` section may set: how long a kept student's final training runs.
 FINAL_KEYS = ("epochs", "max_steps", "train_max", "eval_max")
+#: What an operating-point target (the env option ``target``) may bound, as fractions of the teacher's.
+TARGET_METRICS = ("macs", "params")
+#: Keys of a fidelity's ``protocol`` section besides a TrainConfig's: the recipe's name and how students start.
+PROTOCOL_KEYS = ("name", "inherit")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The operating-point protocol's fine-tune: the one named recipe every compared student gets, so that
+    the only difference between a protocol table's rows is which student each method chose.
+
+    ``train`` is a KD run from the fidelity's teacher (a TrainConfig); ``inherit`` is how a student's weights
+    start (``indices``: the teacher's surviving channels; a white-box agent's submitted weights are used
+    as they are, and the train-from-scratch baseline re-initialises); ``name`` names it in every report.
+    """
+
+    name: str
+    train: TrainConfig
+    inherit: str = "indices"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe as plain data (reports, and the protocol's cached fine-tunes compare it)."""
+        return {"name": self.name, "inherit": self.inherit, "train": self.train.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -45,6 +68,7 @@ class Fidelity:
     ones). ``final`` caps the length of the final training of a kept student (the best one of a run, or a
     method's fine-tune) at this fidelity: a mapping of some of :data:`FINAL_KEYS`, so a smoke run ends in
     seconds and a fast one in minutes. None (the ``paper`` preset) leaves the method's own schedule.
+    ``protocol`` is the operating-point protocol's fine-tune (:class:`Protocol`; see :meth:`protocol_recipe`).
     """
 
     name: str
@@ -52,6 +76,7 @@ class Fidelity:
     teacher_recipe: str = "fast"
     final: Mapping[str, Any] | None = None
     inherit: str | None = None
+    protocol: Protocol | None = None
 
     def final_config(self, base: TrainConfig | None = None) -> TrainConfig:
         """The final-training config of a kept student.
@@ -69,6 +94,13 @@ class Fidelity:
         capped = {k: cap if asked[k] is None else min(asked[k], cap) for k, cap in self.final.items()}
         return TrainConfig.from_dict({**asked, **capped})
 
+    def protocol_recipe(self) -> Protocol:
+        """The protocol fine-tune at this fidelity: its ``protocol`` section; without one, the shared final
+        training (:meth:`final_config`) from the teacher's surviving weights, named ``<fidelity>-final``."""
+        if self.protocol is not None:
+            return self.protocol
+        return Protocol(f"{self.name}-final", self.final_config(), "indices")
+
     def key(self) -> str:
         blob = json.dumps({"name": self.name, "train": self.train.to_dict(), "inherit": self.inherit}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
@@ -77,13 +109,14 @@ class Fidelity:
 def load_fidelity(spec: str | Mapping[str, Any], space: str | None = None) -> Fidelity:
     """A preset from configs/fidelity.yaml by name (with its per-space override), or a mapping."""
     if isinstance(spec, Mapping):
-        unknown = set(spec) - {"train", "teacher_recipe", "name", "final", "inherit"}
+        unknown = set(spec) - {"train", "teacher_recipe", "name", "final", "inherit", "protocol"}
         if unknown:
             raise ValueError(f"unknown fidelity keys {sorted(unknown)}; expected train, teacher_recipe, name, final, "
-                             f"inherit")
-        return Fidelity(str(spec.get("name", "custom")), TrainConfig.from_dict(spec.get("train", {})),
+                             f"inherit, protocol")
+        name = str(spec.get("name", "custom"))
+        return Fidelity(name, TrainConfig.from_dict(spec.get("train", {})),
                         str(spec.get("teacher_recipe", "fast")), _check_final(spec.get("final")),
-                        _check_inherit(spec.get("inherit"), space))
+                        _check_inherit(spec.get("inherit"), space), _check_protocol(spec.get("protocol"), name))
     presets = load_yaml("fidelity.yaml")
     if spec not in presets:
         raise ValueError(f"unknown fidelity {spec!r}; expected one of {', '.join(presets)} or a mapping")
@@ -92,7 +125,8 @@ def load_fidelity(spec: str | Mapping[str, Any], space: str | None = None) -> Fi
     if space is not None:
         train = dict(preset.get("by_space", {}).get(space, train))
     return Fidelity(spec, TrainConfig.from_dict(train), preset.get("teacher_recipe", "fast"),
-                    _check_final(preset.get("final")), _check_inherit(preset.get("inherit"), space))
+                    _check_final(preset.get("final")), _check_inherit(preset.get("inherit"), space),
+                    _check_protocol(preset.get("protocol"), spec))
 
 
 def _check_inherit(inherit: str | Mapping[str, str] | None, space: str | None) -> str | None:
@@ -115,6 +149,40 @@ def _check_final(final: Mapping[str, Any] | None) -> dict[str, Any] | None:
         raise ValueError(f"unknown fidelity final key(s) {unknown}; valid keys are {list(FINAL_KEYS)}")
     TrainConfig.from_dict(dict(final))  # validates the values
     return dict(final)
+
+
+def _check_protocol(section: Mapping[str, Any] | None, fidelity: str) -> Protocol | None:
+    """A fidelity's ``protocol`` section, checked: TrainConfig keys plus an optional ``name`` (default
+    ``<fidelity>-protocol``) and ``inherit`` (default ``indices``); None when there is none."""
+    if section is None:
+        return None
+    if not isinstance(section, Mapping):
+        raise ValueError(f"a fidelity's protocol section must be a mapping of TrainConfig keys plus "
+                         f"{list(PROTOCOL_KEYS)}, got {section!r}")
+    inherit = section.get("inherit", "indices")
+    if inherit not in INHERIT_MODES:
+        raise ValueError(f"unknown protocol inherit {inherit!r}; expected one of {INHERIT_MODES}")
+    train = TrainConfig.from_dict({k: v for k, v in section.items() if k not in PROTOCOL_KEYS})
+    return Protocol(str(section.get("name", f"{fidelity}-protocol")), train, inherit)
+
+
+def check_target(target: Any) -> dict[str, float] | None:
+    """An operating-point target (the env option ``target``), checked: None, or a mapping of ``macs`` and/or
+    ``params`` to a fraction of the teacher's in (0, 1], e.g. ``{"macs": 0.5}``. ValueError names a bad value."""
+    if target is None:
+        return None
+    if not isinstance(target, Mapping) or not target:
+        raise ValueError(f"target {target!r} is not a mapping of {' and/or '.join(TARGET_METRICS)} to a fraction "
+                         f"of the teacher's, e.g. {{'macs': 0.5}}")
+    unknown = sorted(str(k) for k in target if k not in TARGET_METRICS)
+    if unknown:
+        raise ValueError(f"unknown target metric(s) {unknown} in target {dict(target)!r}; expected "
+                         f"{' and/or '.join(TARGET_METRICS)}")
+    for metric, value in target.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not (math.isfinite(value)
+                                                                                and 0.0 < value <= 1.0):
+            raise ValueError(f"target {metric}={value!r} is not a fraction of the teacher's {metric} in (0, 1]")
+    return {metric: float(target[metric]) for metric in TARGET_METRICS if metric in target}
 
 
 @dataclass
@@ -155,6 +223,8 @@ class Evaluator:
     ``cache_path`` persists results (one JSON line each) and reloads them on construction.
     ``split`` is where rewards are measured: "val" (default) or "test", which reproduces N2N's reference
     code (it scores students on the test set; a leak, listed in docs/deviations.md).
+    ``target`` (see :func:`check_target`) makes a student above that fraction of the teacher's MACs and/or
+    params invalid before anything trains, with a reason that starts with "over target".
     """
 
     #: a :class:`netcomp.workers.WorkerPool` that trains the uncached students on Ray actors (None: here)
@@ -163,7 +233,8 @@ class Evaluator:
     def __init__(self, teacher: Teacher, dataset: Dataset, fidelity: Fidelity, device: str | torch.device = "cpu",
                  seed: int = 0, inherit: str = "reinit", require_smaller: bool = True, min_linear_inputs: int = 1,
                  cache_path: str | Path | None = None, split: str = "val",
-                 size_metrics: Sequence[str] = ("params",), inherit_bn_stats: bool = True) -> None:
+                 size_metrics: Sequence[str] = ("params",), inherit_bn_stats: bool = True,
+                 target: Mapping[str, float] | None = None) -> None:
         if split not in ("val", "test"):
             raise ValueError(f"unknown reward split {split!r}; expected 'val' (default) or 'test' (N2N's leak)")
         if inherit not in INHERIT_MODES:
@@ -181,6 +252,7 @@ class Evaluator:
         if unknown:
             raise ValueError(f"unknown size metric(s) {unknown}; expected 'params' and/or 'macs'")
         self.size_metrics = tuple(size_metrics)
+        self.target = check_target(target)
         self.min_linear_inputs = min_linear_inputs
         self.split = split
         self.teacher_params = count_params(teacher.arch)
@@ -281,7 +353,11 @@ class Evaluator:
         return self.problem(student)
 
     def size_problem(self, student: Arch) -> str | None:
-        """Why a student is too large (see ``require_smaller`` and ``size_metrics``), or None."""
+        """Why a student is too large (above the ``target``, or see ``require_smaller`` and ``size_metrics``),
+        or None."""
+        over = self.target_problem(student)
+        if over is not None:
+            return over
         for metric in self.size_metrics:
             value = count_params(student) if metric == "params" else count_macs(student)
             teacher = self.teacher_params if metric == "params" else self.teacher_macs
@@ -289,6 +365,19 @@ class Evaluator:
                 return f"student has {value} {metric}, not fewer than the teacher's {teacher}"
             if not self.require_smaller and value > MAX_GROWTH * teacher:
                 return f"student has {value} {metric}, more than {MAX_GROWTH:g}x the teacher's {teacher}"
+        return None
+
+    def target_problem(self, student: Arch, target: Mapping[str, float] | None = None) -> str | None:
+        """Why a student is above ``target`` (default: the evaluator's), by the engine's counters
+        (:mod:`netcomp.metrics`): a reason starting with "over target", or None (also without a target, or
+        for a student the counters cannot measure, which :meth:`problem` reports)."""
+        target = self.target if target is None else check_target(target)
+        for metric, fraction in (target or {}).items():
+            value = _safe(count_params if metric == "params" else count_macs, student)
+            teacher = self.teacher_params if metric == "params" else self.teacher_macs
+            if value > fraction * teacher:
+                return (f"over target: student has {value:,} {metric}, above {fraction:g} x the teacher's "
+                        f"{teacher:,} ({fraction * teacher:,.0f})")
         return None
 
     def build_student(self, arch: Arch, inherit: str, seed: int) -> nn.Module:

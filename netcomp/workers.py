@@ -60,6 +60,10 @@ class EvalWorker:
             self.evaluators[spec_id] = _evaluator_from_spec(ray.get(spec_ref[0]), self.device)
         return self.evaluators[spec_id]._train([arch_from_dict(student)], inherit, seed)[0].to_json()
 
+    def threads(self) -> int:
+        """The torch thread count the actor trains with (the run's)."""
+        return torch.get_num_threads()
+
     def pid(self) -> int:
         """The actor's process id (tests kill it; a restarted actor has a new one)."""
         return os.getpid()
@@ -98,7 +102,8 @@ class WorkerPool:
     actors on one GPU); None gives each a whole GPU when the cluster has any, else makes CPU actors.
     """
 
-    def __init__(self, workers: int, address: str | None = None, gpus: float | None = None) -> None:
+    def __init__(self, workers: int, address: str | None = None, gpus: float | None = None,
+                 threads: int = 1) -> None:
         if workers < 1:
             raise ValueError(f"--workers must be at least 1, got {workers}")
         self._owns_ray, self.actors = not ray.is_initialized(), []
@@ -110,9 +115,10 @@ class WorkerPool:
         except ValueError:
             self.shutdown()
             raise
+        self.threads = int(threads)  # the run's torch thread count: an actor trains the same floats as the driver
         self._actor_cls = ray.remote(EvalWorker).options(
-            num_cpus=1, num_gpus=self.gpus, max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
-        self.actors = [self._actor_cls.remote() for _ in range(workers)]
+            num_cpus=self.threads, num_gpus=self.gpus, max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
+        self.actors = [self._actor_cls.remote(self.threads) for _ in range(workers)]
         self._specs: dict[int, tuple[Evaluator, str, list]] = {}  # id(evaluator) -> (it, spec id, [ObjectRef])
         #: test hook: called with the pool and the in-flight {ObjectRef: (slot, index)} after each submission
         self.on_submit: Callable[[WorkerPool, dict], None] | None = None
@@ -175,8 +181,17 @@ class WorkerPool:
     def _replace(self, slot: int) -> None:
         """A fresh actor in the slot of one that is dead for good (its restarts spent, or killed for good)."""
         ray.kill(self.actors[slot], no_restart=True)
-        self.actors[slot] = self._actor_cls.remote()
+        self.actors[slot] = self._actor_cls.remote(self.threads)
         self.restarted += 1
+
+    def local_pids(self) -> list[int]:
+        """The processes of the local Ray this pool started (its servers and its actors); [] when it joined a
+        running cluster. Recorded by the harness, so a killed driver's leftovers can be ended later."""
+        if not self._owns_ray:
+            return []
+        node = getattr(ray._private.worker, "_global_node", None)
+        pids = [info.process.pid for infos in (getattr(node, "all_processes", None) or {}).values() for info in infos]
+        return pids + [int(ray.get(actor.pid.remote())) for actor in self.actors]
 
     def shutdown(self) -> None:
         """Stop the actors, and Ray itself when this pool started it."""

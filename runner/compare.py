@@ -41,6 +41,7 @@ from runner.report import save_figure
 from runner.rundir import (
     CLI_ONLY,
     RUN_DEFAULTS,
+    AgentOverspent,
     ConfigError,
     agent_source,
     agent_yaml,
@@ -98,7 +99,10 @@ def compare_command(args: argparse.Namespace) -> int:
         for i, ((agent, seed), config) in enumerate(configs.items(), 1):
             run_dir = out / run_label(agent, seed)
             print(f"\n[{i}/{len(configs)}] {agent} seed {seed} -> {run_dir}", flush=True)
-            _run_one(config, run_dir)
+            try:
+                _run_one(config, run_dir)
+            except AgentOverspent as exc:  # that run ended with its summary; the others still run
+                print(f"warning: {run_dir.name}: {exc}", flush=True)
             _say_best(run_dir)
         rows = write_leaderboard(out, spec)
     print(f"\nLeaderboard ({len(spec['agents'])} agents x {len(spec['seeds'])} seeds, {out}):")
@@ -402,7 +406,7 @@ def run_result(agent: str, seed: int, run_dir: Path) -> RunResult | None:
     return RunResult(agent, seed, len(records), float(best["reward"]), best.get("accuracy"),
                      best.get("compression"), best.get("macs"), reached + 1, seconds[reached],
                      final.get("test_accuracy") if final.get("valid") else None, spent,
-                     comparable=bool(summary.get("comparable", True)))
+                     comparable=bool(summary.get("comparable", True)) and not summary.get("overspent"))
 
 
 #: Leaderboard columns: (name, RunResult field, format).

@@ -106,6 +106,8 @@ RESOLVED_KEYS = (*USER_KEYS, "mode", "env_space", "agent_source")
 RESUME_FLAGS = {"env": "env", "agent": "agent", "fidelity": "fidelity", "seed": "seed", "mode": "mode",
                 "teacher": "teacher", "load_policy": "load_policy", "threads": "threads"}
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+#: The local Ray processes a run with --workers started, so a later start can end a killed run's leftovers.
+RAY_PIDS = "ray_pids.json"
 
 
 class ConfigError(UserError):
@@ -559,6 +561,7 @@ def start(args: argparse.Namespace, config: dict | None = None) -> int:
         with locked(run_dir):
             owned = True
             remove_stale_temporaries(run_dir)  # a killed atomic write's leftovers (the lock is ours now)
+            end_stale_ray(run_dir)  # a killed driver's local Ray servers and actors
             extended = False
             if args.resume:
                 config, extended = resume_config(run_dir, args)
@@ -566,7 +569,8 @@ def start(args: argparse.Namespace, config: dict | None = None) -> int:
     except Exception:
         # an error (bad input, a teacher that does not fit, ...) leaves nothing behind unless something was
         # recorded; an interrupt (Ctrl-C) is a kill: what was written stays, for --resume
-        if created and owned and not read_records(run_dir / "evaluations.jsonl"):
+        if created and owned and not read_records(run_dir / "evaluations.jsonl") \
+                and not (run_dir / "summary.json").exists():
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
@@ -622,7 +626,7 @@ def execute(config: dict, run_dir: Path, resumed: bool, extended: bool) -> int:
     if ":" in config["agent"] and not resumed:
         config["agent_source"] = agent_source(config["agent"])
     write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(saved_config(config), sort_keys=False))
-    with worker_pool(config["run"]) as pool, torch_threads(int(config["run"]["threads"])):
+    with worker_pool(config["run"], run_dir) as pool, torch_threads(int(config["run"]["threads"])):
         env, agent = build(config, run_dir, log, agent_cls, pool=pool)
         if checkpoint:
             agent.load_state(checkpoint["agent"])
@@ -717,18 +721,52 @@ def check_extension(budget: Budget, records: list[dict], checkpoint: dict | None
 
 
 @contextlib.contextmanager
-def worker_pool(run: dict) -> Iterator[Any]:
+def worker_pool(run: dict, run_dir: Path | None = None) -> Iterator[Any]:
     """The run's Ray actors (``workers``), shut down when the run ends or fails; None (and no Ray) without."""
     if not run.get("workers"):
         yield None
         return
     from netcomp.workers import WorkerPool
 
-    pool = WorkerPool(int(run["workers"]), run.get("ray_address"), run.get("worker_gpus"))
+    pool = WorkerPool(int(run["workers"]), run.get("ray_address"), run.get("worker_gpus"),
+                      threads=int(run.get("threads") or 1))
+    pids_file = Path(run_dir) / RAY_PIDS if run_dir is not None else None
     try:
+        if pids_file is not None and pool.local_pids():
+            write_text_atomic(pids_file, json.dumps(pool.local_pids()))
         yield pool
     finally:
         pool.shutdown()
+        if pids_file is not None:
+            pids_file.unlink(missing_ok=True)
+
+
+def end_stale_ray(run_dir: Path) -> list[int]:
+    """End the local Ray processes a killed run left (recorded in ``ray_pids.json`` by :func:`worker_pool`);
+    the pids ended. Only processes that are still Ray's (their command line names ray) are signalled."""
+    import signal
+
+    path = run_dir / RAY_PIDS
+    if not path.exists():
+        return []
+    try:
+        pids = [int(p) for p in json.loads(path.read_text())]
+    except (ValueError, TypeError):
+        pids = []
+    ended = []
+    for pid in pids:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").lower()
+        except OSError:
+            continue  # gone already
+        if b"ray" in cmdline:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+                ended.append(pid)
+    path.unlink(missing_ok=True)
+    if ended:
+        print(f"note: ended {len(ended)} Ray process(es) that a killed run left behind")
+    return ended
 
 
 @contextlib.contextmanager

@@ -436,3 +436,44 @@ def test_stale_temporary_files_of_a_killed_write_are_removed_on_the_next_start(t
     stale.write_text("half")
     assert cli("--resume", out) == 0
     assert not stale.exists()
+
+
+def test_an_overspending_agent_in_a_comparison_is_marked_and_the_others_still_run(tiny_config, tmp_path, capsys):
+    path = tmp_path / "over.py"
+    path.write_text("from agents.random_search import RandomAgent\n\n\nclass Over(RandomAgent):\n"
+                    "    def run(self):\n        self.evaluate(self.env.unwrapped.sample_action())\n"
+                    "        self.evaluate_many([self.env.unwrapped.sample_action()] * 9)\n")
+    out = tmp_path / "cmp"
+    assert cli("--env", ENV, "--agent", f"{path}:Over,random", "--seeds", 1, "--budget", 2, "--config", tiny_config,
+               "--out", out) == 0
+    board = (out / "leaderboard.md").read_text()
+    assert "Over (NOT COMPARABLE" in board and "| random |" in board
+    assert json.loads((out / "Over-s0" / "summary.json").read_text())["overspent"]
+
+
+def test_a_data_root_or_env_kwargs_in_config_yaml_never_reach_the_data_loader(tiny_config, tmp_path, monkeypatch,
+                                                                               capsys):
+    """A shared config.yaml naming a data folder (whose files a loader would unpickle) is not used on resume."""
+    import netcomp.data
+
+    seen = []
+    real = netcomp.data.load_dataset
+
+    def spy(name, root=None, *args, **kwargs):
+        seen.append(root)
+        return real(name, root, *args, **kwargs)
+
+    out = _run(tmp_path, tiny_config)
+    _unfinish(out)
+    _edit_config(out, data_root=str(tmp_path / "evil-data"), download=True)
+    monkeypatch.setattr(netcomp.data, "load_dataset", spy)
+    import envs.base
+
+    monkeypatch.setattr(envs.base, "load_dataset", spy, raising=False)
+    assert cli("--resume", out) == 0
+    assert str(tmp_path / "evil-data") not in [str(r) for r in seen]
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["run"]["data_root"] is None and config["run"]["download"] is False
+    _unfinish(out)
+    _edit_config(out, env_kwargs={"data_root": str(tmp_path / "evil-data")})
+    assert cli("--resume", out) == 2 and "set by the run itself" in _one_error_line(capsys)

@@ -192,3 +192,72 @@ def test_a_killed_driver_resumes_to_the_records_of_one_process(references, confi
     assert _records(out) == references["n2n"]
     keys = [r["cache_key"] for r in read_jsonl(out / "cache.jsonl")]
     assert len(keys) == len(set(keys))  # no student trained twice
+
+
+def test_a_killed_drivers_local_ray_is_ended_by_the_next_start(config_file, tmp_path):
+    """SIGKILL only the driver (not its process group): the local Ray processes it started (recorded in
+    ray_pids.json) are gone once the next start in that run directory has run: Ray's own reaper usually ends
+    them within seconds, and the next start ends any it left (end_stale_ray) before starting its own."""
+    import json
+    import os
+    import signal
+    import subprocess
+
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "run_agent.py"), "--env", "removal-resnet20-synthetic", "--agent", "random",
+           "--budget", "40", "--config", config_file, "--device", "cpu", "--out", str(out), "--workers", "1"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while proc.poll() is None and time.time() < deadline and not (out / "ray_pids.json").exists():
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    pids = json.loads((out / "ray_pids.json").read_text())
+    assert len(pids) >= 3  # Ray's servers and the actor
+    done = subprocess.run([sys.executable, str(ROOT / "run_agent.py"), "--resume", str(out), "--budget", "41"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not (out / "ray_pids.json").exists()
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()
+                and b"ray" in Path(f"/proc/{pid}/cmdline").read_bytes().lower()]
+
+
+def test_end_stale_ray_ends_only_ray_processes_it_recorded(tmp_path):
+    """A recorded pid that is still a Ray process is killed; one that is not Ray's (a reused pid) is left."""
+    import json
+    import subprocess
+
+    from runner.rundir import RAY_PIDS, end_stale_ray
+
+    fake_ray = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "ray::raylet"])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / RAY_PIDS).write_text(json.dumps([fake_ray.pid, other.pid, 999999999]))
+        assert end_stale_ray(tmp_path) == [fake_ray.pid]
+        assert fake_ray.wait(timeout=10) != 0 and other.poll() is None
+        assert not (tmp_path / RAY_PIDS).exists()
+    finally:
+        other.kill()
+        fake_ray.kill()
+
+
+def test_actors_train_with_the_runs_thread_count(students, cluster):
+    """A pool of threads=2 actors trains exactly as this process does at 2 threads (the run's recorded count),
+    so a --workers run at threads > 1 replays exactly in --validate."""
+    from netcomp.workers import WorkerPool
+    from runner.rundir import torch_threads
+
+    base, batch = students
+    with torch_threads(2):
+        local = _fresh_evaluator(base).evaluate_many(batch[:2], seed=0)
+    pool = WorkerPool(1, threads=2)
+    try:
+        import ray
+
+        assert ray.get(pool.actors[0].threads.remote()) == 2
+        ev = _fresh_evaluator(base)
+        pool.attach(ev)
+        assert _plain(ev.evaluate_many(batch[:2], seed=0)) == _plain(local)
+    finally:
+        pool.shutdown()
