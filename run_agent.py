@@ -21,7 +21,9 @@ from netcomp.teachers import CacheNotWritableError
 from runner.rundir import ConfigError, ReplayMismatch, RunLocked, resolve_config  # noqa: F401 (public API)
 
 #: Errors that are the user's input or the run directory's state: one line on stderr, exit code 2.
-USER_ERRORS = (UserError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError, CacheNotWritableError)
+#: A plain ValueError is not among them: outside the places that read the user's input (runner.rundir.user_input)
+#: it is a bug, and keeps its traceback.
+USER_ERRORS = (UserError, FileNotFoundError, NotADirectoryError, PermissionError, CacheNotWritableError)
 #: Flags --validate reads; any other flag given with it would be ignored, so it is refused.
 VALIDATE_FLAGS = ("validate", "top", "tolerance", "device", "teacher", "data_root", "download")
 

@@ -10,15 +10,20 @@ from agents.base import Agent
 
 @dataclass
 class RandomConfig:
-    """Random search's one knob: how many samples are scored together (one ``evaluate_many`` batch: trained
-    on shared batches here, spread over the workers with ``--workers``). The samples and their scores do not
-    depend on it. A training-seconds budget is spent one sample at a time (it ends at the first past it)."""
+    """Random search's knobs: how many samples are scored together (``batch``: one ``evaluate_many`` batch,
+    trained on shared batches here, spread over the workers with ``--workers``; the samples and their scores
+    do not depend on it; a training-seconds budget is spent one sample at a time, ending at the first past
+    it), and under an env's operating-point ``target`` how many draws may be rejected as over the target
+    before one is scored anyway (``tries``: it is then invalid, "over target", and trains nothing)."""
 
     batch: int = 4
+    tries: int = 100
 
     def __post_init__(self) -> None:
-        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
-            raise ValueError(f"batch must be an integer >= 1, got {self.batch!r}")
+        for name in ("batch", "tries"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 class RandomAgent(Agent):
@@ -26,7 +31,9 @@ class RandomAgent(Agent):
     the budget is spent.
 
     The space's own sampler (``env.sample_action``): uniform over the action space, except the edit space,
-    which draws from ESNAC's sampler (uniform bits would add half of all possible skips)."""
+    which draws from ESNAC's sampler (uniform bits would add half of all possible skips). Under an
+    operating-point ``target`` only feasible students are scored: a draw whose student is over the target
+    (told before training, ``env.within_target``) is rejected and redrawn, at most ``tries`` times."""
 
     name = "random"
     kind = "blackbox"
@@ -39,13 +46,22 @@ class RandomAgent(Agent):
         self.env.action_space.seed(self.seed)
 
     def run(self) -> None:
-        sample = self.env.unwrapped.sample_action
         while not self.budget.exhausted:
             # a seconds budget stops at the first evaluation past its limit: one at a time
             n = 1 if self.budget.seconds is not None else min(self.config.batch, self.budget.left)
-            self.evaluate_many([sample() for _ in range(n)])
+            self.evaluate_many([self.sample() for _ in range(n)])
             self.checkpoint()
 
+    def sample(self) -> Any:
+        """One draw of the space's sampler; under a target, the first of ``tries`` draws whose student is at
+        or below it (else the last draw)."""
+        env = self.env.unwrapped
+        action = env.sample_action()
+        for _ in range(self.config.tries - 1):
+            if env.within_target(action):
+                break
+            action = env.sample_action()
+        return action
 
     def state(self) -> dict[str, Any]:
         return {**super().state(), "space_rng": self.env.action_space.np_random.bit_generator.state}

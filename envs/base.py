@@ -23,9 +23,9 @@ from gymnasium import spaces
 
 from netcomp.arch import Arch
 from netcomp.data import DATASETS, Dataset, load_dataset
-from netcomp.evaluator import Evaluator, Fidelity, load_fidelity
+from netcomp.evaluator import Evaluator, Fidelity, check_target, load_fidelity
 from netcomp.metrics import count_macs, count_params
-from netcomp.rewards import REWARDS, RewardContext, check_reward_name, invalid_penalty
+from netcomp.rewards import REWARDS, TARGET_REWARD, RewardContext, check_reward_name, invalid_penalty
 from netcomp.teachers import Teacher, get_teacher, load_teacher
 from netcomp.zoo import ARCHS
 
@@ -82,6 +82,10 @@ class CompressionEnv(gym.Env):
     Invalid students end the episode with the ``penalty`` reward; they never raise. The penalty lies below
     every valid student's reward under the env's reward (default: the reward's floor - 1, see
     :mod:`netcomp.rewards`; an explicit ``penalty`` at or above the floor is a ValueError).
+
+    ``target`` (an operating point, e.g. ``{"macs": 0.5}`` or ``{"params": 0.25}``: fractions of the teacher's)
+    makes a student above it invalid before anything trains (zero training seconds, a reason starting with
+    "over target"); without an explicit ``reward`` the reward is then the validation accuracy (``accuracy``).
     """
 
     metadata: ClassVar[dict] = {"render_modes": ["ansi"], "render_fps": 1}
@@ -92,31 +96,36 @@ class CompressionEnv(gym.Env):
     modes: ClassVar[tuple[str, ...]] = MODES
     #: whether inherited BatchNorms keep the teacher's running statistics (ESNAC's edit space: fresh ones)
     copy_bn_stats: bool = True
+    #: what scores the students (a table env's looks them up: envs/table.py, netcomp.tables.TableEvaluator)
+    evaluator_class: Any = Evaluator
 
     def __init__(self, arch: str = "resnet20", dataset: str = "synthetic", fidelity: str | Mapping = "smoke",
                  mode: str = "oneshot", reward: str | None = None, device: str | None = None,
                  data_root: str | None = None, teacher: str | Teacher | None = None, render_mode: str | None = None,
                  penalty: float | None = None, inherit: str | None = None, cache_path: str | None = None,
                  download: bool = False, dataset_kwargs: Mapping | None = None, teacher_seed: int = 0,
-                 home: str | None = None, require_smaller: bool = True, reward_split: str = "val") -> None:
+                 home: str | None = None, require_smaller: bool = True, reward_split: str = "val",
+                 target: Mapping[str, float] | None = None) -> None:
         _check_choice("arch", arch, ARCHS)
         _check_choice("dataset", dataset, DATASETS)
         _check_choice("mode", mode, self.modes)
         if render_mode is not None:
             _check_choice("render_mode", render_mode, tuple(self.metadata["render_modes"]))
         self.mode, self.render_mode = mode, render_mode
-        self.reward_name = check_reward_name(reward or self.default_reward)  # validates the name early
+        self.target = check_target(target)
+        default = TARGET_REWARD if self.target else self.default_reward
+        self.reward_name = check_reward_name(reward or default)  # validates the name early
         self.fidelity: Fidelity = load_fidelity(fidelity, self.space)
         self.device = torch.device(device or default_device())
         ds = _cached_dataset(dataset, data_root, download, tuple(sorted((dataset_kwargs or {}).items())))
         self.teacher = self._resolve_teacher(teacher, arch, ds, teacher_seed, home)
         self.arch: Arch = self.teacher.arch
-        self.evaluator = Evaluator(self.teacher, ds, self.fidelity, device=self.device,
+        self.evaluator = self.evaluator_class(self.teacher, ds, self.fidelity, device=self.device,
                                    inherit=inherit or self.fidelity.inherit or self.default_inherit,
                                    cache_path=cache_path,
                                    min_linear_inputs=self._min_linear_inputs(), require_smaller=require_smaller,
                                    split=reward_split, size_metrics=REWARDS[self.reward_name].size_metrics,
-                                   inherit_bn_stats=self.copy_bn_stats)
+                                   inherit_bn_stats=self.copy_bn_stats, target=self.target)
         ev = self.evaluator
         self.reward_context = RewardContext(ev.teacher_accuracy, ev.teacher_params, ev.teacher_macs,
                                             self.arch.num_classes, ev.max_growth)
@@ -358,6 +367,11 @@ class CompressionEnv(gym.Env):
             self._values.append(value)
         self._t = len(self.layers)
         return self._make_student(self._values)
+
+    def within_target(self, action: Any) -> bool:
+        """Whether a one-shot action's student is at or below the env's ``target`` (True without one), told
+        before anything trains (no evaluation is spent). The current episode is abandoned."""
+        return self.target is None or self.evaluator.target_problem(self.student_for(action)) is None
 
     def sample_action(self, rng: np.random.Generator | None = None) -> Any:
         """A random one-shot action from this space's sampler: uniform over the action space here (the edit

@@ -145,7 +145,8 @@ class ChannelRatioEnv(CompressionEnv):
     ## Rewards
     ``amc-acc`` when a ``budget`` is given: the accuracy; a student that misses the budget (only possible
     when even ``lbound`` everywhere cannot meet it) is invalid. ``amc-flops`` without a budget:
-    -(1 - accuracy) * log(MACs). Any reward of :mod:`netcomp.rewards` can be named with ``reward=``.
+    -(1 - accuracy) * log(MACs); ``accuracy`` with a ``target`` (and no budget). Any reward of
+    :mod:`netcomp.rewards` can be named with ``reward=``.
     Invalid students (e.g. nothing pruned, so not smaller than the teacher in params and MACs) get the
     ``penalty``, below every valid reward: by default the reward's floor - 1 (``amc-flops``:
     -log(teacher MACs) - 1; ``amc-acc``: -1). Sequential mode pays 0 until the last step.
@@ -201,8 +202,8 @@ class ChannelRatioEnv(CompressionEnv):
             raise ValueError(f"unknown budget_metric {budget_metric!r}; expected one of {', '.join(BUDGET_METRICS)}")
         self.selection, self.budget_metric = selection, budget_metric
         self.budget = None if budget is None else check_fraction("budget", budget)
-        if reward is None:
-            reward = "amc-acc" if self.budget is not None else "amc-flops"
+        if reward is None and self.budget is not None:
+            reward = "amc-acc"  # else the base's default: amc-flops, or accuracy under a target
         if inherit is None:
             inherit = "first_k" if selection == "first" else "indices"
         self._raw: list[float] = []

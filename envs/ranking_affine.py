@@ -14,6 +14,7 @@ from torch import nn
 from envs.base import CompressionEnv, _check_choice, check_box_action
 from envs.channel_ratio import check_fraction, conv_features, filter_norms, group_features
 from netcomp.arch import Arch, prunable_layers
+from netcomp.evaluator import check_target
 from netcomp.metrics import GroupCostModel
 from netcomp.surgery import keep_channels
 
@@ -125,7 +126,8 @@ class RankingAffineEnv(CompressionEnv):
     ``gymnasium.make("netcomp/ranking-affine-resnet56-cifar100-v0", fidelity="smoke", mode="oneshot",
     genome="conv", flops_target=0.5, safeguard=0.1, reward="legr", inherit="indices", ...)``.
     ``genome`` is "conv" (one (alpha, kappa) per producer conv, LeGR) or "group" (one per coupling group);
-    ``flops_target`` is the fraction of the teacher's MACs to keep, in (0, 1]; ``safeguard`` in [0, 1).
+    ``flops_target`` is the fraction of the teacher's MACs to keep, in (0, 1] (default: the ``target``'s
+    ``macs`` when an operating-point target is given, else 0.5); ``safeguard`` in [0, 1).
     Other arguments: see :class:`envs.base.CompressionEnv`.
 
     ## Version History
@@ -141,9 +143,11 @@ class RankingAffineEnv(CompressionEnv):
     KAPPA_SCALE: ClassVar[float] = 3.0
 
     def __init__(self, arch: str = "resnet20", dataset: str = "synthetic", *, genome: str = "conv",
-                 flops_target: float = 0.5, safeguard: float = 0.1, **kwargs: Any) -> None:
+                 flops_target: float | None = None, safeguard: float = 0.1, **kwargs: Any) -> None:
         _check_choice("genome", genome, GENOMES)
         self.genome = genome
+        if flops_target is None:  # the operating point's MACs, if one is given (netcomp.evaluator.check_target)
+            flops_target = (check_target(kwargs.get("target")) or {}).get("macs", 0.5)
         self.flops_target = check_fraction("flops_target", flops_target)
         try:
             self.safeguard = float(safeguard)

@@ -9,10 +9,12 @@ from gymnasium import spaces
 
 from envs.base import CompressionEnv, check_int_action
 from netcomp.arch import Arch, n2n_descriptors, removable_layers
-from netcomp.surgery import remove_layers
+from netcomp.surgery import remove_block_paths, remove_layers, residual_blocks
 
 #: Fixed scales of the N2N descriptor columns (type, kernel, stride, padding, log2(1+outputs), skip start, end).
 N2N_SCALE = np.array([10.0, 7.0, 4.0, 4.0, 11.0, 8.0, 8.0], np.float32)
+#: What one action entry keeps or removes: a layer (N2N) or a residual block's main path.
+GRANULARITIES = ("layer", "block")
 
 
 def n2n_features(arch: Arch, removable: set[str]) -> np.ndarray:
@@ -21,6 +23,16 @@ def n2n_features(arch: Arch, removable: set[str]) -> np.ndarray:
     d[:, 4] = np.log2(1.0 + d[:, 4])
     flags = np.array([[name in removable] for name in arch.layers], np.float32)
     return np.concatenate([d / N2N_SCALE, flags], axis=1)
+
+
+def block_features(arch: Arch, blocks: tuple[str, ...]) -> np.ndarray:
+    """One row per residual block, with the columns of :func:`n2n_features`: the row of the block's first
+    main-path layer (its first conv: kernel, stride, padding, outputs, skip positions), flagged removable."""
+    rows = n2n_features(arch, set(arch.layers))
+    index = {name: i for i, name in enumerate(arch.layers)}
+    first = [next(n.name for n in arch.nodes if n.block == b and n.role == "main" and n.name in index)
+             for b in blocks]
+    return rows[[index[name] for name in first]]
 
 
 class RemovalEnv(CompressionEnv):

@@ -22,7 +22,7 @@ from torch import nn
 
 from netcomp.arch import Arch, arch_key
 from netcomp.data import Dataset
-from netcomp.distill import TeacherLogitCache, TrainConfig, evaluate, train_model, train_students
+from netcomp.distill import TeacherLogitCache, TrainConfig, TrainResult, evaluate, train_model, train_students
 from netcomp.errors import disk_full_error
 from netcomp.jsonl import append_jsonl, read_jsonl
 from netcomp.metrics import count_macs, count_params
@@ -434,13 +434,10 @@ class Evaluator:
             return refused_result(student, problem)
         start = time.perf_counter()
         with torch.random.fork_rng(devices=[]):
-            module = build_module(student)
             try:
-                module.load_state_dict(dict(state_dict))
-            except (RuntimeError, TypeError, ValueError) as exc:
-                return refused_result(student, f"the submitted weights do not fit the submitted architecture: "
-                                         f"{str(exc).splitlines()[0]}")
-            module = module.to(self.device)
+                module = self.module_with_weights(student, state_dict)
+            except ValueError as exc:
+                return refused_result(student, str(exc))
             if train:
                 out = train_students([module], self.dataset, self.fidelity.train, teacher=self.teacher_model,
                                      device=self.device, seed=seed, split=self.split,
@@ -458,6 +455,17 @@ class Evaluator:
                           loss=float(loss) if valid else float("inf"), eval_seconds=seconds,
                           invalid_reason=reason, extra={"submitted": True, "trained": bool(train)})
 
+    def module_with_weights(self, student: Arch, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
+        """The student's module holding ``state_dict``, on the evaluator's device; ValueError when they do not
+        fit each other."""
+        module = build_module(student)
+        try:
+            module.load_state_dict(dict(state_dict))
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise ValueError(f"the submitted weights do not fit the submitted architecture: "
+                             f"{str(exc).splitlines()[0]}") from None
+        return module.to(self.device)
+
     def train_final(self, student: Arch, config: TrainConfig | None = None,
                     seed: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
         """Train a student to keep, not just to score: build it, inherit as the evaluator does, distil it
@@ -471,22 +479,51 @@ class Evaluator:
             result = train_model(model, self.dataset, config, teacher=self.teacher_model,
                                  device=self.device, seed=seed)
         # a capped (smoke/fast) final training also caps the test images; the report says how many
-        test_max = (self.fidelity.final or {}).get("eval_max")
+        report = self._kept_report(model, student, result, (self.fidelity.final or {}).get("eval_max"))
+        return model, {**report, "final_train": config.to_dict()}
+
+    def train_protocol(self, student: Arch, weights: Mapping[str, torch.Tensor] | None = None,
+                       seed: int | None = None, scratch: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+        """The operating-point protocol's fine-tune of a student (:meth:`Fidelity.protocol_recipe`, the same
+        recipe for every method), reported like :meth:`train_final` plus the teacher's MACs, the recipe and
+        where the weights started (``start``).
+
+        The student starts from the teacher's weights by the recipe's ``inherit`` mode, or from ``weights``
+        (a white-box agent's submitted state dict; ValueError when they do not fit), or with ``scratch`` from
+        a fresh initialisation (the train-from-scratch baseline: Liu et al., "Rethinking the value of network
+        pruning", ICLR 2019, arXiv:1810.05270). The recipe's ``eval_max`` caps the validation and test images.
+        The global torch RNG is left as it was."""
+        recipe = self.fidelity.protocol_recipe()
+        seed = self.seed if seed is None else seed
+        with torch.random.fork_rng(devices=[]):
+            if weights is not None and not scratch:
+                model = self.module_with_weights(student, weights)
+            else:
+                model = self.build_student(student, "reinit" if scratch else recipe.inherit, seed)
+            result = train_model(model, self.dataset, recipe.train, teacher=self.teacher_model,
+                                 device=self.device, seed=seed)
+        start = "scratch" if scratch else "submitted" if weights is not None else f"inherited ({recipe.inherit})"
+        report = self._kept_report(model, student, result, recipe.train.eval_max)
+        return model, {**report, "protocol": recipe.to_dict(), "start": start}
+
+    def _kept_report(self, model: nn.Module, student: Arch, result: TrainResult,
+                     test_max: int | None) -> dict[str, Any]:
+        """A trained student's report: validity, validation and TEST accuracy (on at most ``test_max`` test
+        images, the teacher's on the same ones), params and MACs beside the teacher's, training seconds."""
         test_images = min(len(self.dataset.test.y), test_max or len(self.dataset.test.y))
         test_acc = evaluate(model, self.dataset.test, self.dataset, device=self.device,
                             max_items=test_max)[0] if result.valid else 0.0
         teacher_test = evaluate(self.teacher_model, self.dataset.test, self.dataset, device=self.device,
                                 max_items=test_max)[0]
         params = count_params(student)
-        report = {
+        return {
             "valid": bool(result.valid), "invalid_reason": result.invalid_reason,
             "val_accuracy": float(result.accuracy), "test_accuracy": float(test_acc),
             "teacher_test_accuracy": float(teacher_test), "params": int(params),
             "teacher_params": int(self.teacher_params), "macs": int(count_macs(student)),
-            "compression": 1.0 - params / self.teacher_params, "seconds": float(result.seconds),
-            "test_images": int(test_images), "final_train": config.to_dict(),
+            "teacher_macs": int(self.teacher_macs), "compression": 1.0 - params / self.teacher_params,
+            "seconds": float(result.seconds), "test_images": int(test_images),
         }
-        return model, report
 
 
 def refused_result(student: Any, reason: str) -> EvalResult:

@@ -5,6 +5,9 @@
   environment's action wall makes the budget hold).
 - ``amc-flops``: -(1 - A) * log(MACs) (AMC's FLOPs-aware reward).
 - ``legr``: -(validation loss) after the short fine-tune (LeGR's fitness).
+- ``accuracy``: the validation accuracy alone; the default under an operating-point target (the env option
+  ``target``), where size is a constraint a valid student meets rather than a term of the reward (AMC's
+  resource-constrained setting, LeGR's FLOPs target).
 
 Invalid students must score below every valid student under every reward, or a search learns to produce
 them (``amc-flops`` pays valid students about -13 to -18, so a flat -1 for "invalid" would win). Each reward
@@ -113,7 +116,10 @@ REWARDS: dict[str, Reward] = {
     "legr": Reward("legr", _legr, lambda ctx: -ctx.max_loss, ("params", "macs"),
                    lambda info: f"validation loss {info.get('loss')} is above LeGR's cap {info.get('max_loss')} "
                                 f"({LEGR_MAX_LOSS_FACTOR:g} x ln(classes)): the student diverged"),
+    "accuracy": Reward("accuracy", lambda info: info["accuracy"], lambda ctx: 0.0),
 }
+#: The default reward of an env with an operating-point target.
+TARGET_REWARD = "accuracy"
 
 
 def check_reward_name(name: str) -> str:

@@ -18,7 +18,16 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from netcomp.arch import LAYER_OPS, Arch, ArchError, Node, arch_from_dict, arch_to_dict, without_layers
+from netcomp.arch import (
+    LAYER_OPS,
+    Arch,
+    ArchError,
+    Node,
+    arch_from_dict,
+    arch_to_dict,
+    drop_identities,
+    without_layers,
+)
 from netcomp.files import torch_save_atomic
 from netcomp.metrics import count_params
 
@@ -158,6 +167,45 @@ def blocks_of(arch: Arch) -> dict[str, list[str]]:
         if node.stage and node.block and node.block not in out.setdefault(node.stage, []):
             out[node.stage].append(node.block)
     return out
+
+
+def residual_blocks(arch: Arch) -> tuple[str, ...]:
+    """The blocks (in node order) that end in an add: those whose main path can be removed."""
+    return tuple(dict.fromkeys(n.block for n in arch.nodes if n.block and n.op == "add"))
+
+
+def remove_block_paths(arch: Arch, blocks: Iterable[str]) -> Arch:
+    """Delete the main path of each named residual block and keep its shortcut: the block's add is left with
+    the shortcut alone, so the block computes relu(shortcut(x)) (relu(x) with an identity shortcut).
+
+    Unlike :func:`remove_layers` on the block's layers (which leaves ``relu(x + shortcut(x))``), this also
+    works for a block with a projection shortcut (a stride or width change). ValueError for a name that is
+    not one of :func:`residual_blocks`.
+    """
+    blocks = set(blocks)
+    known = residual_blocks(arch)
+    unknown = sorted(blocks - set(known))
+    if unknown:
+        raise ValueError(f"remove_block_paths: {unknown} are not residual blocks; blocks are {list(known)}")
+    dropped: set[str] = set()
+    for block in blocks:
+        dropped |= _main_path(arch, block)
+    nodes = [replace(n, inputs=tuple(i for i in n.inputs if i not in dropped))
+             for n in arch.nodes if n.name not in dropped]
+    return drop_identities(arch.with_nodes(nodes))
+
+
+def _main_path(arch: Arch, block: str) -> set[str]:
+    """The nodes of ``block`` that feed its add other than through the shortcut (role "main")."""
+    add = next(n for n in arch.nodes if n.block == block and n.op == "add")
+    path: set[str] = set()
+    stack = [i for i in add.inputs if arch.node(i).block == block and arch.node(i).role == "main"]
+    while stack:
+        node = arch.node(stack.pop())
+        if node.block == block and node.role == "main" and node.name not in path:
+            path.add(node.name)
+            stack.extend(node.inputs)
+    return path
 
 
 def set_stage_depths(arch: Arch, depths: Mapping[str, int]) -> Arch:

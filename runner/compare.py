@@ -57,6 +57,7 @@ from runner.rundir import (
     resolve_config,
     start,
     torch_threads_now,
+    user_input,
 )
 
 COMPARE_FILE = "compare.yaml"
@@ -75,17 +76,18 @@ REACH_FRACTION = 0.95
 # ---------------------------------------------------------------------------- the command
 def compare_command(args: argparse.Namespace) -> int:
     """Run (or resume) a comparison and print its leaderboard; 0 when every run finished."""
-    if args.resume:
-        out = Path(args.resume)
-        spec = _resume_spec(out, args)
-    else:
-        spec = comparison_spec(args)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        out = Path(args.out or f"runs/compare-{spec['env']}-{stamp}")
-        check_out(out)
-        if (out / COMPARE_FILE).exists():
-            raise ConfigError(f"{out} already holds a comparison; use --resume {out} or another --out")
-    configs = run_configs(spec)  # every agent checked before anything trains
+    with user_input():
+        if args.resume:
+            out = Path(args.resume)
+            spec = _resume_spec(out, args)
+        else:
+            spec = comparison_spec(args)
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            out = Path(args.out or f"runs/compare-{spec['env']}-{stamp}")
+            check_out(out)
+            if (out / COMPARE_FILE).exists():
+                raise ConfigError(f"{out} already holds a comparison; use --resume {out} or another --out")
+        configs = run_configs(spec)  # every agent checked before anything trains
     with locked(out):
         remove_stale_temporaries(out)
         if not (out / COMPARE_FILE).exists():

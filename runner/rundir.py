@@ -114,6 +114,19 @@ class ConfigError(UserError):
     """A config or flag that cannot be run: the message names the bad value and what was expected."""
 
 
+@contextlib.contextmanager
+def user_input() -> Iterator[None]:
+    """Where a ValueError can only come from the user's input (flags, configs, the env id, the teacher and data
+    files, an agent's Config): it becomes a :class:`ConfigError` (one line, exit 2). Everywhere else a
+    ValueError is a bug and keeps its traceback."""
+    try:
+        yield
+    except UserError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 class RunLocked(UserError):
     """Another process owns the run directory."""
 
@@ -548,7 +561,8 @@ def start(args: argparse.Namespace, config: dict | None = None) -> int:
             raise ConfigError(f"--out {args.out} with --resume {run_dir}: a resumed run stays in its directory")
         created, config = False, None
     else:
-        config = config if config is not None else resolve_config(args)
+        with user_input():
+            config = config if config is not None else resolve_config(args)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         label = config["agent"].rpartition(":")[2]  # a user's FILE.py:Class names the run by its class
         run_dir = Path(args.out or f"runs/{config['env']}-{label}-{stamp}")
@@ -564,7 +578,8 @@ def start(args: argparse.Namespace, config: dict | None = None) -> int:
             end_stale_ray(run_dir)  # a killed driver's local Ray servers and actors
             extended = False
             if args.resume:
-                config, extended = resume_config(run_dir, args)
+                with user_input():
+                    config, extended = resume_config(run_dir, args)
             return execute(config, run_dir, resumed=bool(args.resume), extended=extended)
     except Exception:
         # an error (bad input, a teacher that does not fit, ...) leaves nothing behind unless something was
@@ -617,7 +632,8 @@ def execute(config: dict, run_dir: Path, resumed: bool, extended: bool) -> int:
         check_extension(budget, on_disk, checkpoint)
     log = RunLog(budget, run_dir / "evaluations.jsonl", records=on_disk[: budget.used], skip_until=len(on_disk))
     log.callbacks.append(replay_check(on_disk, budget))
-    agent_cls = prepare(config, log)
+    with user_input():
+        agent_cls = prepare(config, log)
     if extended and not agent_cls.extendable:
         raise ConfigError(f"agent {config['agent']!r} cannot extend a run: its schedule is fixed by the budget it "
                           f"started with; start a new run")
@@ -627,7 +643,8 @@ def execute(config: dict, run_dir: Path, resumed: bool, extended: bool) -> int:
         config["agent_source"] = agent_source(config["agent"])
     write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(saved_config(config), sort_keys=False))
     with worker_pool(config["run"], run_dir) as pool, torch_threads(int(config["run"]["threads"])):
-        env, agent = build(config, run_dir, log, agent_cls, pool=pool)
+        with user_input():  # the teacher, the data and the agent's config are the user's input
+            env, agent = build(config, run_dir, log, agent_cls, pool=pool)
         if checkpoint:
             agent.load_state(checkpoint["agent"])
         agent.on_checkpoint = lambda: save_checkpoint(agent, run_dir)

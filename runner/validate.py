@@ -17,7 +17,7 @@ from typing import Any
 
 from netcomp.errors import UserError
 from runner.recorder import read_records
-from runner.rundir import check_config, check_device, read_yaml_file, torch_threads
+from runner.rundir import check_config, check_device, read_yaml_file, torch_threads, user_input
 
 #: Default tolerance on a GPU: cuDNN/cuBLAS kernels are not bitwise deterministic across runs.
 CUDA_TOLERANCE = 1e-3
@@ -195,7 +195,8 @@ def validate_run(run_dir: str | Path, top: int = 5, tolerance: float | None = No
             continue
         key = env_key(replay)
         if key not in built:
-            with torch_threads(int(replay.get("threads") or (config.get("run") or {}).get("threads") or 1)):
+            threads = int(replay.get("threads") or (config.get("run") or {}).get("threads") or 1)
+            with torch_threads(threads), user_input():  # the teacher and data files are the user's
                 env = make_replay_env(replay, device, data_root, download, choose_teacher(teacher, config, replay))
             built[key] = (env, teacher_mismatch(env, replay))
         env, mismatch = built[key]

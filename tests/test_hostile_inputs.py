@@ -477,3 +477,18 @@ def test_a_data_root_or_env_kwargs_in_config_yaml_never_reach_the_data_loader(ti
     _unfinish(out)
     _edit_config(out, env_kwargs={"data_root": str(tmp_path / "evil-data")})
     assert cli("--resume", out) == 2 and "set by the run itself" in _one_error_line(capsys)
+
+
+def test_a_bug_in_an_agent_keeps_its_traceback_instead_of_one_line(tiny_config, tmp_path):
+    """Only the user's input becomes one line and exit 2; a ValueError raised while the agent runs is a bug."""
+    path = tmp_path / "buggy.py"
+    path.write_text("from agents.random_search import RandomAgent\n\n\nclass Buggy(RandomAgent):\n"
+                    "    def run(self):\n        raise ValueError('an index went wrong')\n")
+    with pytest.raises(ValueError, match="an index went wrong"):
+        cli("--env", ENV, "--agent", f"{path}:Buggy", "--budget", 2, "--config", tiny_config, "--out", tmp_path / "b")
+    path.write_text("from dataclasses import dataclass\n\nfrom agents.random_search import RandomAgent\n\n\n"
+                    "@dataclass\nclass C:\n    k: int = 1\n\n    def __post_init__(self):\n"
+                    "        raise ValueError(f'k must be 2, got {self.k}')\n\n\n"
+                    "class BadConfig(RandomAgent):\n    Config = C\n")
+    assert cli("--env", ENV, "--agent", f"{path}:BadConfig", "--budget", 2, "--config", tiny_config,
+               "--out", tmp_path / "c") == 2
