@@ -2,9 +2,14 @@
 
     import gymnasium as gym, envs
     env = gym.make("netcomp/removal-resnet20-synthetic-v0", fidelity="smoke", mode="sequential")
+
+``fidelity="table"`` makes the env's table env (rewards looked up in a tabular benchmark: envs/table.py).
 """
 
 from __future__ import annotations
+
+import functools
+from typing import Any
 
 import gymnasium as gym
 
@@ -39,13 +44,21 @@ def parse_env_id(name: str) -> str:
                      f"{', '.join(SPACES)}, ARCH in {', '.join(ARCHS)}, DATASET in {', '.join(DATASETS)}")
 
 
+def make_space_env(space: str, **kwargs: Any) -> gym.Env:
+    """The env of ``space`` (what every registered id makes): its table env when ``fidelity="table"``."""
+    from envs.table import make_env
+
+    return make_env(SPACES[space], **kwargs)
+
+
 def _register_all() -> None:
-    for space, entry_point in SPACES.items():
+    for space in SPACES:
         for arch in ARCHS:
             for dataset in DATASETS:
                 eid = env_id(space, arch, dataset)
                 if eid not in gym.registry:
-                    gym.register(eid, entry_point=entry_point, kwargs={"arch": arch, "dataset": dataset})
+                    gym.register(eid, entry_point=functools.partial(make_space_env, space),
+                                 kwargs={"arch": arch, "dataset": dataset})
 
 
 _register_all()

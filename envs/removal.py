@@ -49,12 +49,17 @@ class RemovalEnv(CompressionEnv):
     - sequential: ``Discrete(2)`` for the current layer, L steps.
     Layers N2N never removes (the first and last layer, strided convs, linears, average pools, shortcut
     layers) are forced to keep; ``info["forced"]`` lists those the action asked to remove.
+    ``granularity="block"``: one entry per residual block (B blocks; ``MultiBinary(B)`` / B steps of
+    ``Discrete(2)``): 0 deletes the block's main path and keeps its shortcut, so the block computes
+    relu(shortcut(x)) (:func:`netcomp.surgery.remove_block_paths`); every block is removable (ResNet-20:
+    9 blocks, 2^9 = 512 students). ``info["removed"]`` then lists the removed blocks.
 
     ## Observation Space
     - oneshot: ``Box(-10, 10, (L, 8))``: per layer N2N's descriptor (type, kernel, stride, padding,
       log2(1 + outputs), skip start, skip end) divided by fixed constants, and a removable flag.
     - sequential: ``Box(-10, 10, (11,))``: the current layer's 8 features plus (position in [0, 1],
       fraction of layers removed so far, previous action).
+    ``granularity="block"``: one row per block, the row of its first main-path conv (flagged removable).
 
     ## Rewards
     ``n2n`` by default: C(2 - C) * A / A_T with C = 1 - params/teacher params; -1 (``penalty``) for an
@@ -70,21 +75,39 @@ class RemovalEnv(CompressionEnv):
     ## Arguments
     ``gymnasium.make("netcomp/removal-resnet20-synthetic-v0", fidelity="smoke", mode="oneshot",
     reward="n2n", device=None, data_root=None, teacher=None, inherit="reinit", penalty=None,
-    cache_path=None)``; see :class:`envs.base.CompressionEnv`.
+    cache_path=None, granularity="layer")``; see :class:`envs.base.CompressionEnv`. ``granularity="block"``
+    needs a network with residual blocks (ValueError otherwise). N2N's stage 2 (the shrinkage env) takes
+    removed layers, not blocks: an N2N run on the block space acts in stage 1 only (``stage2_fraction: 0``).
 
     ## Version History
-    - v0: initial version.
+    - v0: initial version; ``granularity="block"`` added (issue 23, the ResNet-20 removal table).
     """
 
     space = "removal"
     default_reward = "n2n"
     default_inherit = "reinit"
 
+    def __init__(self, arch: str = "resnet20", dataset: str = "synthetic", *, granularity: str = "layer",
+                 **kwargs: Any) -> None:
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"unknown granularity {granularity!r}; expected one of {', '.join(GRANULARITIES)}")
+        self.granularity = granularity
+        super().__init__(arch, dataset, **kwargs)
+
     def _layers(self) -> tuple[str, ...]:
+        if self.granularity == "block":
+            blocks = residual_blocks(self.arch)
+            if not blocks:
+                raise ValueError(f"granularity='block' needs residual blocks; {self.arch.family or 'this arch'} "
+                                 f"has none")
+            self.removable = set(blocks)
+            return blocks
         self.removable = set(removable_layers(self.arch, "n2n"))
         return self.arch.layers
 
     def _features(self) -> np.ndarray:
+        if self.granularity == "block":
+            return block_features(self.arch, self.layers)
         return n2n_features(self.arch, self.removable)
 
     def _oneshot_space(self) -> spaces.Space:
@@ -105,6 +128,8 @@ class RemovalEnv(CompressionEnv):
 
     def _make_student(self, values: list[int]) -> tuple[Arch, dict[str, Any]]:
         asked = [name for name, keep in zip(self.layers, values) if keep == 0]
+        if self.granularity == "block":
+            return remove_block_paths(self.arch, asked), {"removed": asked, "forced": []}
         removed = [n for n in asked if n in self.removable]
         forced = [n for n in asked if n not in self.removable]
         return remove_layers(self.arch, removed), {"removed": removed, "forced": forced}

@@ -36,7 +36,7 @@ import yaml
 
 from agents.base import Budget
 from netcomp.files import remove_stale_temporaries, write_text_atomic
-from runner.recorder import RunLog, read_records
+from runner.recorder import RunLog, best, read_records
 from runner.report import save_figure
 from runner.rundir import (
     CLI_ONLY,
@@ -350,8 +350,8 @@ def _run_one(config: dict, run_dir: Path) -> None:
 def _say_best(run_dir: Path) -> None:
     records = read_records(run_dir / "evaluations.jsonl")
     if records:
-        best = max(records, key=lambda r: r["reward"])
-        print(f"{run_dir.name}: best reward {best['reward']:.4f} (evaluation {best['index']}) "
+        top = best(records)
+        print(f"{run_dir.name}: best reward {top['reward']:.4f} (evaluation {top['index']}) "
               f"of {len(records)}", flush=True)
 
 
@@ -397,7 +397,7 @@ def run_result(agent: str, seed: int, run_dir: Path) -> RunResult | None:
     records = read_records(run_dir / "evaluations.jsonl")
     if not records:
         return None
-    best = max(records, key=lambda r: r["reward"])  # the first of equal rewards
+    top = best(records)  # the first of equal rewards
     curve, seconds = best_so_far(records)
     threshold = reach_threshold(curve[-1])
     reached = next(i for i, value in enumerate(curve) if value >= threshold)
@@ -405,8 +405,8 @@ def run_result(agent: str, seed: int, run_dir: Path) -> RunResult | None:
     final = summary.get("shared_final") or {}
     spent = (float(summary.get("eval_seconds") or 0.0) + float(summary.get("charged_seconds") or 0.0)
              if summary else None)
-    return RunResult(agent, seed, len(records), float(best["reward"]), best.get("accuracy"),
-                     best.get("compression"), best.get("macs"), reached + 1, seconds[reached],
+    return RunResult(agent, seed, len(records), float(top["reward"]), top.get("accuracy"),
+                     top.get("compression"), top.get("macs"), reached + 1, seconds[reached],
                      final.get("test_accuracy") if final.get("valid") else None, spent,
                      comparable=bool(summary.get("comparable", True)) and not summary.get("overspent"))
 

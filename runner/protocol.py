@@ -439,7 +439,7 @@ def write_curve(path: Path, rows: list[dict[str, Any]], teacher: float | None) -
                        and r[f"{x}_mean"] is not None], x, colours)
         if teacher is not None:
             ax.scatter([1.0], [teacher], marker="*", s=180, c="red", label="teacher", zorder=3)
-        ax.set_xscale("log")
+        ax.set_xscale("log", base=2)  # the protocol's targets halve: 2x, 4x, 8x
         ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%gx"))
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set(xlabel=label, ylabel="test accuracy after the protocol fine-tune")
@@ -456,12 +456,14 @@ def _draw(ax: Any, rows: list[dict[str, Any]], x: str, colours: dict[str, Any]) 
         return
     rows = sorted(rows, key=lambda r: r[f"{x}_mean"])
     agent = rows[0]["agent"]
-    style: dict[str, Any] = {"linestyle": "-" if rows[0]["weights"] == "inherited" else "--"}
+    inherited = rows[0]["weights"] == "inherited"
+    style: dict[str, Any] = {"linestyle": "-" if inherited else "--", "marker": "o" if inherited else "s",
+                             "fillstyle": "full" if inherited else "none"}
     if agent in colours:
         style["color"] = colours[agent]
     drawn = ax.errorbar([r[f"{x}_mean"] for r in rows], [r["test_accuracy_mean"] for r in rows],
                         xerr=[r[f"{x}_std"] for r in rows], yerr=[r["test_accuracy_std"] for r in rows],
-                        marker="o", capsize=3, label=row_label(rows[0]), **style)
+                        capsize=3, label=row_label(rows[0]), **style)
     colours.setdefault(agent, drawn[0].get_color())
 
 

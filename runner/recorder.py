@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import gymnasium as gym
 import torch
@@ -22,6 +22,41 @@ from netcomp.arch import Arch, arch_to_dict
 from netcomp.errors import UserError, disk_full_error
 from netcomp.files import torch_save_atomic
 from netcomp.jsonl import CorruptLineWarning, append_jsonl, read_jsonl, to_jsonable
+
+
+class EvaluationRecord(TypedDict, total=False):
+    """One line of ``evaluations.jsonl``: one evaluation of a run (the schema every reader relies on)."""
+
+    index: int                   # position in the run, 0, 1, 2, ... (the budget's count when it was made)
+    space: str                   # the env's space (N2N's stage 2 records its shrinkage episodes)
+    action: Any                  # the one-shot action, or the list of an episode's step actions; None: submitted
+    reward: float                # the env's reward (an invalid student's penalty, below every valid reward)
+    valid: bool
+    invalid_reason: str | None   # why, whenever valid is false
+    accuracy: float | None       # on the reward split (validation by default)
+    teacher_accuracy: float
+    params: int
+    teacher_params: int
+    macs: int
+    teacher_macs: int
+    compression: float           # 1 - params / teacher params
+    arch_key: str                # canonical hash of the student
+    eval_seconds: float          # the training it took (a cache hit keeps the seconds of the original training)
+    cached: bool                 # answered from the cache: no training now, no seconds charged
+    wall_seconds: float
+    replay: dict                 # env id and kwargs, teacher identity, fidelity, train seed, threads
+    student: dict | None         # a submitted student's architecture (netcomp.arch.arch_to_dict)
+    trained: bool                # a submitted student was distilled at the fidelity (else only evaluated)
+    weights: str                 # a submitted student's weights, relative to the run directory
+    facts: dict                  # a white-box agent's own facts about its submission
+
+
+def best(records: Sequence[Mapping[str, Any]], valid_only: bool = False) -> dict | None:
+    """The record with the highest reward (the first of equals; invalid ones score below every valid one, so
+    ``valid_only`` matters only when no record is valid), or None when there is none."""
+    pool = [r for r in records if r["valid"]] if valid_only else list(records)
+    return max(pool, key=lambda r: r["reward"], default=None)
+
 
 #: Env kwargs a replay does not need: where files live, the device, rendering, and the teacher object or
 #: file (named by its identity and hash instead).
@@ -184,7 +219,7 @@ class Recorder(gym.Wrapper):
     @property
     def best(self) -> dict | None:
         """The record with the highest reward so far."""
-        return max(self.records, key=lambda r: r["reward"], default=None)
+        return best(self.records)
 
 
 class CorruptRecord(UserError):

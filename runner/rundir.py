@@ -38,7 +38,7 @@ import yaml
 from agents.base import Budget, BudgetExhausted
 from netcomp.errors import UserError
 from netcomp.files import remove_stale_temporaries, torch_save_atomic, write_text_atomic
-from runner.recorder import RunLog, read_records
+from runner.recorder import RunLog, best, read_records
 from runner.report import best_table, write_plots
 
 #: The run settings a config may hold, with their defaults.
@@ -471,7 +471,7 @@ def save_checkpoint(agent: Any, run_dir: Path) -> None:
 
 def best_valid(records: list[dict]) -> dict | None:
     """The valid record with the highest reward (the first of equals), or None."""
-    return max((r for r in records if r["valid"]), key=lambda r: r["reward"], default=None)
+    return best(records, valid_only=True)
 
 
 def train_best(agent: Any, best: dict) -> tuple[Any, Any, dict]:
@@ -855,7 +855,7 @@ def finish(config: dict, run_dir: Path, agent: Any, log: RunLog, resumed: bool, 
     records = read_records(run_dir / "evaluations.jsonl")
     best_meta = agent.notes.get("final")
     valid = [r for r in records if r["valid"]]
-    best_index = max(valid, key=lambda r: r["reward"])["index"] if valid else None
+    best_index = best_valid(records)["index"] if valid else None
     if best_meta is None and (run_dir / "best_student.pt").exists():  # saved before a kill: keep it if still best
         best_meta = _student_meta(run_dir / "best_student.pt")
         if (best_meta or {}).get("index") != best_index:
@@ -877,7 +877,7 @@ def finish(config: dict, run_dir: Path, agent: Any, log: RunLog, resumed: bool, 
         "charged_seconds": budget.charged_seconds, "wall_seconds": seconds, "resumed": resumed,
         "threads": config["run"].get("threads"),
         "comparable": not problems, "not_comparable": problems, "overspent": overspent,
-        "best": max(records, key=lambda r: r["reward"], default=None), "best_student": best_meta,
+        "best": best(records), "best_student": best_meta,
         "shared_final": shared,
         "notes": {k: v for k, v in agent.notes.items() if k != "final"},
     }

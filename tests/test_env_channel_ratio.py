@@ -244,5 +244,9 @@ def test_sb3_ppo_learns_for_a_few_steps(tiny):
 
     env = make(tiny)
     model = PPO("MlpPolicy", env, n_steps=8, batch_size=8, n_epochs=1, device="cpu", seed=0)
+    before = [p.detach().clone() for p in model.policy.parameters()]
     model.learn(16)
     assert model.num_timesteps == 16
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.policy.parameters()))  # PPO updated the policy
+    rewards = model.rollout_buffer.rewards  # the env paid a real reward on every one-shot episode
+    assert np.isfinite(rewards).all() and (rewards != 0).all()

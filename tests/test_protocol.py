@@ -1,0 +1,203 @@
+"""The operating-point protocol: the env's target, the accuracy reward under it, random search's feasible draws,
+the protocol fine-tune, and runner/protocol.py's table, curve, missed rows and resume."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import yaml
+
+import envs  # noqa: F401 (registers the ids)
+from agents.base import Budget, make_config
+from agents.random_search import RandomAgent, RandomConfig
+from netcomp.arch import arch_from_dict
+from netcomp.evaluator import check_target, load_fidelity
+from netcomp.metrics import count_macs
+from netcomp.surgery import build_module
+from runner.protocol import main
+from runner.recorder import Recorder, read_records
+from tests.conftest import TINY
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+ROOT = Path(__file__).resolve().parent.parent
+CHANNEL_RATIO = "netcomp/channel-ratio-resnet20-synthetic-v0"
+AGENTS = ("random", "uniform")
+TARGETS = (0.5, 0.001)  # 0.001 of the teacher's MACs: no agent reaches it (the missed rows)
+
+
+def _env(tiny, env_id=CHANNEL_RATIO, **kwargs):
+    return gym.make(env_id, disable_env_checker=True, **tiny, **kwargs)
+
+
+# ---------------------------------------------------------------------------- the env's target
+def test_a_target_makes_over_target_students_invalid_before_training_and_pays_accuracy(tiny):
+    env = _env(tiny, target={"macs": 0.5})
+    base = env.unwrapped
+    assert base.reward_name == "accuracy" and base.penalty == -1.0
+    env.reset(seed=0)
+    keep_all, smallest = np.ones(base.action_space.shape), -np.ones(base.action_space.shape)
+    over, under = base.evaluate_many([keep_all, smallest])
+    assert not over["valid"] and over["invalid_reason"].startswith("over target")
+    assert over["eval_seconds"] == 0.0 and over["reward"] == base.penalty
+    assert under["valid"] and under["macs"] <= 0.5 * under["teacher_macs"]
+    assert under["reward"] == under["accuracy"] > base.penalty
+    assert base.evaluator.trainings == 1                                       # the over-target one trained nothing
+    submitted = base.score_student(base.arch)                                   # a white-box submission too
+    assert submitted["invalid_reason"].startswith("over target") and submitted["eval_seconds"] == 0.0
+    assert _env(tiny, target={"params": 0.25}, reward="n2n").unwrapped.reward_name == "n2n"  # an explicit reward stays
+    assert _env(tiny).unwrapped.reward_name == "amc-flops"                      # no target: the space's default
+    recorded = Recorder(env, Budget(2))
+    assert recorded.replay_spec()["env_kwargs"]["target"] == {"macs": 0.5}      # records replay under the target
+
+
+@pytest.mark.parametrize("bad, named", [({"flops": 0.5}, "flops"), ({"macs": 1.5}, "1.5"), ({"macs": 0}, "macs=0"),
+                                        ({"params": "0.5"}, "'0.5'"), ({"macs": True}, "True"), (0.5, "0.5"),
+                                        ({}, "{}")])
+def test_a_bad_target_is_a_value_error_naming_it(bad, named):
+    with pytest.raises(ValueError, match=f"target.*{named}" if named != "{}" else "target {}"):
+        check_target(bad)
+
+
+def test_ranking_affine_prunes_to_the_targets_macs(tiny):
+    env = _env(tiny, "netcomp/ranking-affine-resnet20-synthetic-v0", target={"macs": 0.25})
+    assert env.unwrapped.flops_target == 0.25 and env.unwrapped.reward_name == "accuracy"
+
+
+# ---------------------------------------------------------------------------- random search
+def _random_run(env, budget, **config):
+    recorder = Recorder(env, Budget(budget))
+    RandomAgent(recorder, make_config(RandomConfig, config), seed=0).run()
+    return recorder.records
+
+
+def test_random_search_samples_only_feasible_students_under_a_target(tiny):
+    env = _env(tiny, target={"macs": 0.25})
+    env.reset(seed=0)
+    base = env.unwrapped
+    base.action_space.seed(0)
+    assert not all(base.within_target(base.sample_action()) for _ in range(20))  # the plain sampler goes over
+    records = _random_run(env, 6)
+    assert len(records) == 6 and all(r["valid"] and r["macs"] <= 0.25 * r["teacher_macs"] for r in records)
+    impossible = _env(tiny, target={"macs": 0.001})
+    impossible.reset(seed=0)
+    records = _random_run(impossible, 3, tries=2)                   # cannot tell a feasible one: falls back
+    assert all(r["invalid_reason"].startswith("over target") and r["eval_seconds"] == 0.0 for r in records)
+    assert impossible.unwrapped.evaluator.trainings == 0
+
+
+# ---------------------------------------------------------------------------- the protocol fine-tune
+def test_the_protocol_recipe_is_parsed_like_final_and_fine_tunes_from_inherited_submitted_or_fresh_weights(tiny):
+    assert load_fidelity("smoke").protocol_recipe().name == "kd-smoke"
+    assert load_fidelity("rank").protocol_recipe() == load_fidelity("fast").protocol_recipe()  # one named recipe
+    assert load_fidelity({"train": {}}).protocol_recipe().name == "custom-final"              # none: the final one
+    with pytest.raises(ValueError, match="bogus"):
+        load_fidelity({"train": {}, "protocol": {"epochs": 1, "bogus": 2}})
+    with pytest.raises(ValueError, match="protocol inherit 'copy'"):
+        load_fidelity({"train": {}, "protocol": {"inherit": "copy"}})
+    base = _env(tiny, target={"macs": 0.5}).unwrapped
+    student = base.student_for(-np.ones(base.action_space.shape))
+    weights = build_module(student).state_dict()
+    reports = {start: base.evaluator.train_protocol(student, weights if start == "submitted" else None, seed=0,
+                                                    scratch=start == "scratch")[1]
+               for start in ("inherited (indices)", "submitted", "scratch")}
+    for start, report in reports.items():
+        assert report["start"] == start and report["protocol"]["name"] == "kd-smoke" and report["valid"]
+        assert report["macs"] == count_macs(student) and report["teacher_macs"] == base.evaluator.teacher_macs
+        assert 0.0 <= report["test_accuracy"] <= 1.0 and report["test_images"] == TINY["test_size"]
+    assert base.evaluator.trainings == 0                                    # fine-tunes are not search evaluations
+
+
+# ---------------------------------------------------------------------------- runner/protocol.py
+def _protocol_args(out, config):
+    return ["--env", "ranking-affine-resnet20-synthetic", "--agent", ",".join(AGENTS), "--seeds", "2",
+            "--targets", ",".join(map(str, TARGETS)), "--budget", "3", "--config", config, "--out", str(out)]
+
+
+def _cells(out):
+    return {(t, a, s): out / f"t{t:g}" / f"{a}-s{s}" for t in TARGETS for a in AGENTS for s in (0, 1)}
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory):
+    """A 2-agent x 2-seed x 2-target protocol, SIGKILLed after its first two cells and resumed in-process;
+    (directory, the finished cells' files before the resume)."""
+    root = tmp_path_factory.mktemp("protocol")
+    config = root / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"run": {"fidelity": "smoke", "threads": 1, "dataset_kwargs": dict(TINY)}}))
+    out = root / "p"
+    cmd = [sys.executable, "-m", "runner.protocol", *_protocol_args(out, str(config))]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=open("/tmp/pt/sub.log", "w"), stderr=subprocess.STDOUT)
+    first_two = [out / "t0.5" / f"random-s{s}" / "protocol.json" for s in (0, 1)]
+    deadline = time.time() + 300
+    while not all(p.exists() for p in first_two) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert all(p.exists() for p in first_two), "the protocol did not finish its first cells"
+    assert not (out / "protocol.md").exists(), "the protocol finished before it was killed"
+    finished = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in first_two for p in
+                (p, p.parent / "summary.json", p.parent / "evaluations.jsonl")}
+    assert main(["--resume", str(out)]) == 0
+    return out, finished, str(config)
+
+
+def test_a_killed_protocol_resumes_without_rerunning_finished_cells(resumed):
+    out, finished, _ = resumed
+    for path, (mtime, content) in finished.items():
+        assert path.stat().st_mtime_ns == mtime and path.read_bytes() == content, f"{path} was redone"
+    for run in _cells(out).values():
+        assert (run / "summary.json").exists() and (run / "protocol.json").exists()
+
+
+def test_a_protocol_writes_one_row_per_target_agent_and_weights(resumed):
+    out, _, _ = resumed
+    for name in ("protocol.yaml", "protocol.md", "protocol.csv", "curve.png", "t0.5/compare.yaml"):
+        assert (out / name).stat().st_size > 0, name
+    rows = list(csv.DictReader((out / "protocol.csv").open()))
+    assert sorted((float(r["target"]), r["agent"], r["weights"]) for r in rows) == sorted(
+        (t, a, w) for t in TARGETS for a in AGENTS for w in ("inherited", "scratch"))
+    for row in rows:
+        assert row["metric"] == "macs" and row["seeds"] == "2"
+        if float(row["target"]) == 0.5:
+            assert row["missed"] == "0" and row["test_accuracy_n"] == "2" and row["recipe"] == "kd-smoke"
+            assert float(row["macs_fraction_mean"]) <= 0.5 and float(row["speedup_mean"]) >= 2.0
+            assert float(row["compression_ratio_mean"]) > 1.0 and row["search_seconds_n"] == "2"
+        else:  # nobody reaches 0.001: missed, never dropped; its search cost is still reported
+            assert row["missed"] == "2" and row["test_accuracy_n"] == "0" and row["search_seconds_n"] == "2"
+    table = (out / "protocol.md").read_text()
+    assert "| macs 0.001 | uniform | 0/2 | 2/2 | missed |" in table and "random (scratch)" in table
+
+
+def test_every_student_in_the_table_is_at_or_below_its_target_by_the_engines_counter(resumed):
+    out, _, _ = resumed
+    for (target, _, _), run in _cells(out).items():
+        cell = json.loads((run / "protocol.json").read_text())
+        if target == 0.001:
+            assert "missed" in cell and "reports" not in cell
+            continue
+        record = read_records(run / "evaluations.jsonl")[cell["index"]]
+        student = arch_from_dict(record["student"]) if record.get("student") else None
+        for report in cell["reports"].values():
+            assert report["macs"] <= target * report["teacher_macs"]
+            assert report["macs"] == record["macs"] and (student is None or count_macs(student) == report["macs"])
+        assert cell["reports"]["scratch"]["start"] == "scratch"
+
+
+def test_a_protocol_refuses_changes_on_resume_and_bad_targets(resumed, tmp_path, capsys):
+    out, _, config = resumed
+    assert main(["--resume", str(out), "--targets", "0.5"]) == 2
+    assert "cannot change the protocol" in capsys.readouterr().err
+    assert main(_protocol_args(out, config)) == 2
+    assert "already holds a protocol" in capsys.readouterr().err
+    bad = _protocol_args(tmp_path / "p", config)
+    bad[bad.index("--targets") + 1] = "0.5,2"
+    assert main(bad) == 2 and "'2' is not a fraction" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
