@@ -27,19 +27,19 @@ submission is the recorded one).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from agents.base import Agent
 from netcomp.arch import Arch
-from netcomp.data import Dataset, DeviceLoader
-from netcomp.distill import OPTIMIZERS, TrainConfig, evaluate
+from netcomp.data import Dataset
+from netcomp.distill import OPTIMIZERS, TrainConfig, evaluate, train_students
 from netcomp.metrics import count_params
 from netcomp.sparsity import (
     ELEMENTWISE,
@@ -180,44 +180,19 @@ class HoyerConfig:
 def train_phase(model: nn.Module, dataset: Dataset, config: TrainConfig, milestones: list[float], gamma: float,
                 device: torch.device, seed: int, reg: Any = None, masks: dict | None = None,
                 tensors: dict | None = None) -> int:
-    """Train ``model`` with CE (+ ``reg()``), stepping the lr down by ``gamma`` at each milestone epoch.
-
-    With ``masks`` the gradients of ``tensors`` are masked after every backward (fine-tuning with the zeros
-    fixed). A fresh optimiser every call, so its momentum starts at zero. Returns the optimiser steps.
-    """
-    split = dataset.train if config.train_max is None else dataset.train.take(min(config.train_max,
-                                                                                  len(dataset.train.y)))
-    split = split.to(device)
-    loader = DeviceLoader(split, config.batch_size, dataset.mean, dataset.std, shuffle=True,
-                          augment=dataset.augment, drop_last=len(split.y) > config.batch_size, seed=seed)
-    per_epoch = len(loader)
-    total = max(1, math.ceil(round(config.epochs * per_epoch, 6)))
-    total = total if config.max_steps is None else min(total, config.max_steps)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if config.optimizer == "adam":
-        opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    else:
-        opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    bounds = [m * per_epoch for m in milestones]
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: gamma ** sum(s >= b for b in bounds))
-    model.train()
-    step = 0
-    while step < total:
-        for x, y in loader:
-            loss = F.cross_entropy(model(x), y)
-            if reg is not None:
-                loss = loss + reg()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if masks is not None:
-                mask_gradients(tensors, masks)
-            opt.step()
-            sched.step()
-            step += 1
-            if step >= total:
-                break
+    """Train ``model`` with CE (+ ``reg()``), the lr multiplied by ``gamma`` at each milestone epoch, through
+    the engine's one trainer (:func:`netcomp.distill.train_students`: its non-finite-loss check, bf16 and
+    channels_last on CUDA, the dataset's augmentation). With ``masks`` the gradients of ``tensors`` are masked
+    after every backward (fine-tuning with the zeros fixed). A fresh optimiser every call, so its momentum
+    starts at zero. Returns the optimiser steps."""
+    phase = dataclasses.replace(config, schedule="multistep", milestones=list(milestones), gamma=gamma,
+                                loss="ce", eval_every_epoch=False, keep_best=False)
+    extra = (lambda _model: reg()) if reg is not None else None
+    after = (lambda _model: mask_gradients(tensors, masks)) if masks is not None else None
+    result = train_students([model], dataset, phase, device=device, seed=seed, extra_loss=extra,
+                            after_backward=after)[0]
     model.eval()
-    return step
+    return result.steps
 
 
 def weight_tensors(model: nn.Module, arch: Arch, which: str = "weights", bn: bool = False) -> dict[str, nn.Parameter]:

@@ -146,6 +146,9 @@ class TrainConfig:
     amp: str = "auto"
     channels_last: str = "auto"
     bn_recalibrate: int = 0
+    #: "multistep" schedule: the epochs at which the lr is multiplied by ``gamma`` (DeepHoyer's 81, 122); None:
+    #: the fractions :data:`MULTISTEP_MILESTONES` of the run (LeGR's)
+    milestones: list[float] | None = None
 
     def __post_init__(self) -> None:
         """Normalise types (numeric strings from YAML) and reject bad values with a message naming them."""
@@ -192,6 +195,12 @@ class TrainConfig:
         self.amp = _as_choice("amp", self.amp, AMP_MODES)
         self.channels_last = _as_choice("channels_last", self.channels_last, CHANNELS_LAST_MODES)
         self.bn_recalibrate = _as_int("bn_recalibrate", self.bn_recalibrate, 0)
+        if self.milestones is not None:
+            if isinstance(self.milestones, str | bytes) or not hasattr(self.milestones, "__iter__"):
+                raise _field_error("milestones", self.milestones, "a list of epochs >= 0 (or null)")
+            self.milestones = [_as_float("milestones", m) for m in self.milestones]
+            if not all(math.isfinite(m) and m >= 0 for m in self.milestones):
+                raise _field_error("milestones", self.milestones, "a list of epochs >= 0 (or null)")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
@@ -209,8 +218,12 @@ class TrainConfig:
         return cls(**dict(d))
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as a plain dict (round-trips through :meth:`from_dict`), for logs and caches."""
-        return dataclasses.asdict(self)
+        """The config as a plain dict (round-trips through :meth:`from_dict`), for logs and caches; an unset
+        ``milestones`` is left out, so the settings keys of configs without one stay what they were."""
+        out = dataclasses.asdict(self)
+        if out["milestones"] is None:
+            del out["milestones"]
+        return out
 
 
 def teacher_logits_needed(config: TrainConfig) -> bool:
@@ -286,6 +299,8 @@ def lr_multiplier(config: TrainConfig, step: int, total_steps: int, steps_per_ep
         return 0.5 * (1.0 + math.cos(math.pi * step / max(1, total_steps)))
     if config.schedule == "step":
         return config.gamma ** (step // (config.step_epochs * max(1, steps_per_epoch)))
+    if config.schedule == "multistep" and config.milestones is not None:
+        return config.gamma ** sum(step >= m * steps_per_epoch for m in config.milestones)
     if config.schedule == "multistep":
         return config.gamma ** sum(step >= round(m * total_steps) for m in MULTISTEP_MILESTONES)
     if config.schedule == "onecycle":
@@ -506,7 +521,9 @@ def train_students(students: Sequence[nn.Module], dataset: Dataset, config: Trai
                    teacher: nn.Module | None = None, device: str | torch.device = "cpu", seed: int = 0,
                    split: str = "val", progress: bool = False, resume: Mapping[str, Any] | None = None,
                    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
-                   teacher_cache: TeacherLogitCache | None = None) -> list[TrainResult]:
+                   teacher_cache: TeacherLogitCache | None = None,
+                   extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
+                   after_backward: Callable[[nn.Module], None] | None = None) -> list[TrainResult]:
     """Train several students together on one batch stream and evaluate them; one result per student.
 
     All students see the same (seeded) shuffled, augmented batches of ``dataset.train``; for each batch
@@ -532,6 +549,10 @@ def train_students(students: Sequence[nn.Module], dataset: Dataset, config: Trai
 
     ``teacher_cache`` (one per teacher and dataset) keeps the teacher's logits of every batch for the next
     call with the same batch stream, so later students run no teacher forward; the outcome is identical.
+
+    Hooks for methods that train differently (DeepHoyer): ``extra_loss(model)`` is added to each student's
+    loss (a sparsity regulariser), and ``after_backward(model)`` runs between ``backward()`` and the optimiser
+    step (masking the gradients of pruned weights).
 
     Raises ValueError for an empty student list, a loss that needs a teacher when none is given, a bad
     ``split``, a training set with no batch, or a ``resume`` state that does not fit this training.
@@ -624,8 +645,12 @@ def train_students(students: Sequence[nn.Module], dataset: Dataset, config: Trai
                     with _autocast(device, config.amp):
                         out = s.model(x)
                     loss = distill_loss(out, t_logits, y, config)
+                    if extra_loss is not None:
+                        loss = loss + extra_loss(s.model)
                     s.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
+                    if after_backward is not None:
+                        after_backward(s.model)
                     s.optimizer.step()
                     if s.scheduler is not None:
                         s.scheduler.step()

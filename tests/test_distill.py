@@ -454,3 +454,35 @@ def test_the_teacher_logit_cache_runs_no_teacher_forward_after_the_first_student
     student = make_cnn(20)
     train_students([student], ds, cfg, teacher=teacher, seed=3, teacher_cache=full)
     assert full.bytes == 0 and same_state(params_of(student), params_of(plain))
+
+
+# ---------------------------------------------------------------------------------------------- method hooks
+def test_multistep_milestones_in_epochs_step_the_lr_down_there() -> None:
+    cfg = TrainConfig(schedule="multistep", milestones=[1, 2.5], gamma=0.1)
+    assert [lr_multiplier(cfg, s, 40, 10) for s in (0, 9, 10, 24, 25, 39)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01, 0.01])
+    assert "milestones" not in fast().to_dict()  # an unset value leaves existing settings keys unchanged
+    with pytest.raises(ValueError, match="milestones"):
+        TrainConfig(milestones=[-1])
+
+
+def test_extra_loss_and_after_backward_hooks_act_on_every_step(ds: Dataset) -> None:
+    """An extra loss term changes what is learned; a gradient mask after backward freezes what it masks; a
+    non-finite extra term makes the student invalid (the check DeepHoyer's own loop lacked)."""
+    plain, pulled = make_cnn(1), make_cnn(1)
+    cfg = fast(loss="ce", optimizer="sgd", momentum=0.0, weight_decay=0.0, eval_every_epoch=False)
+    train_students([plain], ds, cfg, seed=0)
+    calls = []
+    train_students([pulled], ds, cfg, seed=0,
+                   extra_loss=lambda m: calls.append(1) or 10.0 * m[-1].weight.pow(2).sum())
+    assert len(calls) == 8 and pulled[-1].weight.norm() < plain[-1].weight.norm()
+    frozen = make_cnn(2)
+    first = frozen[0].weight.detach().clone()
+
+    def mask(m: nn.Module) -> None:
+        m[0].weight.grad.zero_()
+
+    train_students([frozen], ds, cfg, seed=0, after_backward=mask)
+    assert torch.equal(frozen[0].weight, first) and not torch.equal(frozen[-1].weight, make_cnn(2)[-1].weight)
+    bad = train_students([make_cnn(3)], ds, cfg, seed=0, extra_loss=lambda m: torch.tensor(float("nan")))[0]
+    assert not bad.valid and bad.invalid_reason
