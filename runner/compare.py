@@ -36,6 +36,7 @@ import yaml
 
 from agents.base import Budget
 from netcomp.files import remove_stale_temporaries, write_text_atomic
+from netcomp.pareto import front_hypervolume, pareto_front
 from runner.recorder import RunLog, best, read_records
 from runner.report import save_figure
 from runner.rundir import (
@@ -374,6 +375,9 @@ class RunResult:
     train_seconds: float | None = None
     #: False when the run's accounting did not add up (students trained outside the recorder, an edited budget)
     comparable: bool = True
+    #: the hypervolume of the run's accuracy/MACs front (reference: accuracy 0 at the teacher's MACs, MACs as a
+    #: fraction of the teacher's), from every agent's records, so every agent gets one
+    hypervolume: float | None = None
 
 
 def reach_threshold(best: float) -> float:
@@ -408,14 +412,16 @@ def run_result(agent: str, seed: int, run_dir: Path) -> RunResult | None:
     return RunResult(agent, seed, len(records), float(top["reward"]), top.get("accuracy"),
                      top.get("compression"), top.get("macs"), reached + 1, seconds[reached],
                      final.get("test_accuracy") if final.get("valid") else None, spent,
-                     comparable=bool(summary.get("comparable", True)) and not summary.get("overspent"))
+                     comparable=bool(summary.get("comparable", True)) and not summary.get("overspent"),
+                     hypervolume=front_hypervolume(records, "macs"))
 
 
 #: Leaderboard columns: (name, RunResult field, format).
 COLUMNS = (("best reward", "best_reward", "{:.4f}"), ("val acc", "accuracy", "{:.4f}"),
            ("compression", "compression", "{:.3f}"), ("MACs", "macs", "{:,.0f}"),
            ("evals to 95%", "evals_to_reach", "{:.1f}"), ("train s to 95%", "seconds_to_reach", "{:.1f}"),
-           ("total train s", "train_seconds", "{:.0f}"), ("final test acc", "final_test", "{:.4f}"))
+           ("total train s", "train_seconds", "{:.0f}"), ("final test acc", "final_test", "{:.4f}"),
+           ("hypervolume", "hypervolume", "{:.4f}"))
 
 
 def mean_std(values: list[float | None]) -> tuple[float | None, float | None, int]:
@@ -478,7 +484,8 @@ def write_leaderboard(out: Path, spec: dict[str, Any]) -> list[dict[str, Any]]:
               + (f" / {spec['run']['budget_seconds']} training seconds" if spec["run"]["budget_seconds"] else "")
               + f", fidelity {spec['run']['fidelity']}. Mean ± std over seeds; 95%: the first evaluation whose best "
               f"so far is within 5% of the run's final best; final test acc: the best student after the "
-              f"fidelity's shared final training.\n\n")
+              f"fidelity's shared final training; hypervolume: the area of the run's (validation accuracy, MACs "
+              f"as a fraction of the teacher's) front above accuracy 0 and below the teacher's MACs.\n\n")
     write_text_atomic(out / "leaderboard.md", header + markdown_table(rows) + "\n")
     write_text_atomic(out / "leaderboard.csv", csv_text(rows))
     write_comparison_plots(out, spec)
@@ -511,7 +518,11 @@ def write_comparison_plots(out: Path, spec: dict[str, Any]) -> None:
     for ax, size in zip(axes, ("params", "macs")):
         for agent, seeds in runs.items():
             valid = [r for recs in seeds for r in recs if r["valid"]]
-            ax.scatter([r[size] for r in valid], [r["accuracy"] for r in valid], s=10, alpha=0.6, label=agent)
+            dots = ax.scatter([r[size] for r in valid], [r["accuracy"] for r in valid], s=10, alpha=0.4, label=agent)
+            front = pareto_front([r for recs in seeds for r in recs], size)  # the agent's front over its seeds
+            if front:
+                ax.step([r[size] for r in front], [r["accuracy"] for r in front], where="post",
+                        color=dots.get_facecolor()[0], alpha=0.9, linewidth=1.2)
         if teacher is not None:
             ax.scatter([teacher[f"teacher_{size}"]], [teacher["teacher_accuracy"]], marker="*", s=180, c="red",
                        label="teacher")

@@ -167,3 +167,25 @@ def test_a_resume_cannot_change_what_the_comparison_is(finished, capsys):
     out, _ = finished
     assert cli("--resume", out, "--budget", 9) == 2
     assert "compare.yaml" in capsys.readouterr().err
+
+
+def test_the_leaderboard_hypervolume_is_each_runs_front_hypervolume_averaged(tmp_path):
+    """Hand-made records: the column is the mean over seeds of netcomp.pareto.front_hypervolume, and agrees
+    with a hand computation of one run's front."""
+    from runner.compare import leaderboard, run_result
+
+    def rec(i, acc, macs, valid=True):
+        return {"index": i, "reward": acc, "valid": valid, "accuracy": acc, "macs": macs, "teacher_macs": 100,
+                "compression": 0.5, "cached": False, "eval_seconds": 1.0}
+
+    runs = {0: [rec(0, 0.5, 50), rec(1, 0.8, 80), rec(2, 0.4, 60)],          # front (0.5, 50), (0.8, 80)
+            1: [rec(0, 0.9, 100, valid=False), rec(1, 0.6, 25)]}               # front (0.6, 25)
+    for seed, records in runs.items():
+        folder = tmp_path / f"a-s{seed}"
+        folder.mkdir()
+        (folder / "evaluations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    results = [run_result("a", seed, tmp_path / f"a-s{seed}") for seed in runs]
+    # seed 0: 0.5 x (1 - 0.5) + (0.8 - 0.5) x (1 - 0.8) = 0.31; seed 1: 0.6 x 0.75 = 0.45
+    assert [r.hypervolume for r in results] == pytest.approx([0.31, 0.45])
+    row = leaderboard(results)[0]
+    assert row["hypervolume_mean"] == pytest.approx(0.38) and row["hypervolume_n"] == 2
