@@ -34,6 +34,7 @@ from torch import nn
 
 from agents.base import Agent, one_torch_thread
 from netcomp.arch import ESNAC_BASE, ESNAC_MAX_LAYERS, Arch, esnac_descriptor
+from netcomp.checks import as_bool, as_choice, as_float, as_int
 from netcomp.distill import TrainConfig
 from netcomp.files import torch_save_atomic
 from netcomp.rewards import n2n_reward
@@ -92,15 +93,23 @@ class ESNACConfig:
     """Use only the first N training images in the full training (None: all)."""
 
     def __post_init__(self) -> None:
-        if self.select_on not in SELECT_ON:
-            raise ValueError(f"select_on must be one of {SELECT_ON}, got {self.select_on!r}")
-        for name in ("kernels", "candidates", "hidden_size", "num_layers", "max_layers"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if not 0.0 < float(self.subsample) <= 1.0:
-            raise ValueError(f"subsample must be in (0, 1], got {self.subsample!r}")
-        if not (float(self.alpha) > 0 and float(self.beta) > 0):
-            raise ValueError(f"alpha and beta must be > 0, got {self.alpha!r}, {self.beta!r}")
+        """Coerce YAML values and reject bad ones (netcomp.checks' one format)."""
+        o = "ESNACConfig"
+        self.select_on = as_choice(o, "select_on", self.select_on, SELECT_ON)
+        for name in ("kernels", "candidates", "hidden_size", "num_layers", "max_layers", "max_fit_steps"):
+            setattr(self, name, as_int(o, name, getattr(self, name), 1))
+        self.min_fit_steps = as_int(o, "min_fit_steps", self.min_fit_steps, 0)
+        self.top_k = as_int(o, "top_k", self.top_k, 0)
+        self.subsample = as_float(o, "subsample", self.subsample, low=0, high=1, low_open=True)
+        for name in ("alpha", "beta", "final_epochs", "final_lr"):
+            setattr(self, name, as_float(o, name, getattr(self, name), low=0, low_open=True))
+        self.lr = as_float(o, "lr", self.lr, low=0)  # 0: a frozen embedding
+        self.weight_decay = as_float(o, "weight_decay", self.weight_decay, low=0)
+        self.ma_weight = as_float(o, "ma_weight", self.ma_weight, low=0, high=1)
+        self.tolerance = as_float(o, "tolerance", self.tolerance, low=0)
+        self.final_step_epochs = as_int(o, "final_step_epochs", self.final_step_epochs, 1)
+        self.final_train_max = as_int(o, "final_train_max", self.final_train_max, 1, optional=True)
+        self.warm_start = as_bool(o, "warm_start", self.warm_start)
 
 
 # ---------------------------------------------------------------------------------------------- the model
@@ -278,7 +287,8 @@ class ESNACAgent(Agent):
         return EmbeddingGP(x, y, embedding, cfg.alpha, cfg.beta)
 
     def propose(self) -> Any:
-        """One kernel: subsample, fit (unless an embedding was loaded), return the argmax-EI candidate."""
+        """One kernel: subsample, fit (unless an embedding was loaded), return the argmax-EI candidate (under an
+        operating-point target, the argmax over the feasible candidates)."""
         cfg = self.config
         xs, ys = self.history()
         keep = [0] + [i for i in range(1, len(xs)) if self.rng.random() < cfg.subsample]
@@ -287,7 +297,10 @@ class ESNACAgent(Agent):
             fit = {"steps": 0, "loglik": None} if self.loaded_embedding is not None else fit_embedding(gp, cfg)
         self.fits.append({"step": self.steps_done, "points": len(keep), **fit})
         self.last_embedding = {k: v.detach().clone() for k, v in gp.embedding.state_dict().items()}
-        actions = [self.env.unwrapped.sample_action(self.rng) for _ in range(cfg.candidates)]
+        env = self.env.unwrapped
+        actions = [env.sample_action(self.rng) for _ in range(cfg.candidates)]
+        if env.target is not None:  # under an operating-point target only feasible candidates (all if none is)
+            actions = [a for a in actions if env.within_target(a)] or actions
         x = torch.as_tensor(np.stack([self.action_descriptor(a) for a in actions]))
         with one_torch_thread():
             mean, std = gp.predict(x)

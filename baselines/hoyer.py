@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +37,7 @@ from torch import nn
 
 from agents.base import Agent
 from netcomp.arch import Arch
+from netcomp.checks import as_bool, as_choice, as_float, as_floats, as_int
 from netcomp.data import Dataset
 from netcomp.distill import OPTIMIZERS, TrainConfig, evaluate, train_students
 from netcomp.metrics import count_params
@@ -131,26 +131,24 @@ class HoyerConfig:
     it also distils it at the fidelity before scoring."""
 
     def __post_init__(self) -> None:
-        """Coerce YAML values and reject bad ones with a message naming them."""
-        checks = {"regularizer": REGULARIZERS, "grouping": GROUPINGS, "reg_params": REG_PARAMS,
-                  "prune_rule": PRUNE_RULES, "dead_rule": DEAD_RULES, "train_optimizer": OPTIMIZERS,
-                  "ft_optimizer": OPTIMIZERS}
-        for name, choices in checks.items():
-            if getattr(self, name) not in choices:
-                raise ValueError(f"{name}={getattr(self, name)!r}; expected one of {', '.join(choices)}")
-        if isinstance(self.decays, int | float | str):
-            self.decays = [self.decays]
-        self.decays = [float(d) for d in self.decays]
-        if not self.decays or any(not (math.isfinite(d) and d >= 0) for d in self.decays):
-            raise ValueError(f"decays must be a non-empty list of finite numbers >= 0, got {self.decays}")
-        for name in ("train_epochs", "train_lr", "ft_epochs", "ft_lr", "gamma", "threshold", "std_scale"):
-            value = float(getattr(self, name))
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
-            setattr(self, name, value)
-        self.train_weight_decay, self.ft_weight_decay = float(self.train_weight_decay), float(self.ft_weight_decay)
-        self.train_milestones = [float(m) for m in self.train_milestones]
-        self.ft_milestones = [float(m) for m in self.ft_milestones]
+        """Coerce YAML values and reject bad ones (netcomp.checks' one format)."""
+        o = "HoyerConfig"
+        for name, choices in {"regularizer": REGULARIZERS, "grouping": GROUPINGS, "reg_params": REG_PARAMS,
+                              "prune_rule": PRUNE_RULES, "dead_rule": DEAD_RULES, "train_optimizer": OPTIMIZERS,
+                              "ft_optimizer": OPTIMIZERS}.items():
+            setattr(self, name, as_choice(o, name, getattr(self, name), choices))
+        self.decays = as_floats(o, "decays", self.decays, low=0, scalar_ok=True)
+        for name in ("train_epochs", "train_lr", "ft_epochs", "ft_lr", "gamma", "threshold", "std_scale",
+                     "train_weight_decay", "ft_weight_decay"):
+            setattr(self, name, as_float(o, name, getattr(self, name), low=0))
+        self.momentum = as_float(o, "momentum", self.momentum, low=0, high=1, high_open=True)
+        self.train_milestones = as_floats(o, "train_milestones", self.train_milestones, low=0, nonempty=False)
+        self.ft_milestones = as_floats(o, "ft_milestones", self.ft_milestones, low=0, nonempty=False)
+        self.batch_size = as_int(o, "batch_size", self.batch_size, 1)
+        self.train_max = as_int(o, "train_max", self.train_max, 1, optional=True)
+        self.max_steps = as_int(o, "max_steps", self.max_steps, 0, optional=True)
+        for name in ("prune_bn", "follow_fidelity", "env_train"):
+            setattr(self, name, as_bool(o, name, getattr(self, name)))
 
     @property
     def structural(self) -> bool:

@@ -38,6 +38,7 @@ import numpy as np
 
 from agents.base import Agent
 from netcomp.arch import Arch
+from netcomp.checks import as_bool, as_float, as_floats, as_int
 from netcomp.distill import TrainConfig
 from netcomp.jsonl import to_jsonable
 
@@ -78,18 +79,22 @@ class DeployConfig:
     these values at any fidelity."""
 
     def __post_init__(self) -> None:
-        """Coerce YAML strings to numbers; reject bad values naming them."""
-        for name in ("finetune_epochs", "finetune_lr", "finetune_momentum", "finetune_weight_decay", "finetune_gamma"):
-            setattr(self, name, _number(self, name))
+        """Coerce YAML values and reject bad ones (netcomp.checks' one format)."""
+        owner = type(self).__name__
         if self.targets is not None:
-            if not isinstance(self.targets, list | tuple) or not self.targets:
-                raise _bad(self, "targets", self.targets, "a non-empty list of fractions in (0, 1], or null")
-            self.targets = [float(t) for t in self.targets]
-            if not all(0.0 < t <= 1.0 for t in self.targets):
-                raise _bad(self, "targets", self.targets, "fractions in (0, 1]")
-        if not (self.finetune_epochs > 0 and self.finetune_lr > 0 and self.finetune_gamma > 0):
-            raise _bad(self, "finetune_epochs/lr/gamma", (self.finetune_epochs, self.finetune_lr,
-                                                          self.finetune_gamma), "numbers > 0")
+            self.targets = as_floats(owner, "targets", self.targets, low=0, high=1, low_open=True)
+        self.finetune = as_bool(owner, "finetune", self.finetune)
+        self.finetune_epochs = as_float(owner, "finetune_epochs", self.finetune_epochs, low=0, low_open=True)
+        self.finetune_lr = as_float(owner, "finetune_lr", self.finetune_lr, low=0, low_open=True)
+        self.finetune_momentum = as_float(owner, "finetune_momentum", self.finetune_momentum, low=0, high=1,
+                                          high_open=True)
+        self.finetune_nesterov = as_bool(owner, "finetune_nesterov", self.finetune_nesterov)
+        self.finetune_weight_decay = as_float(owner, "finetune_weight_decay", self.finetune_weight_decay, low=0)
+        self.finetune_batch_size = as_int(owner, "finetune_batch_size", self.finetune_batch_size, 1)
+        self.finetune_gamma = as_float(owner, "finetune_gamma", self.finetune_gamma, low=0, low_open=True)
+        self.finetune_train_max = as_int(owner, "finetune_train_max", self.finetune_train_max, 1, optional=True)
+        self.finetune_max_steps = as_int(owner, "finetune_max_steps", self.finetune_max_steps, 0, optional=True)
+        self.finetune_follow_fidelity = as_bool(owner, "finetune_follow_fidelity", self.finetune_follow_fidelity)
 
     def train_config(self) -> TrainConfig:
         """LeGR's fine-tune as a TrainConfig: CE on the labels, SGD Nesterov, multistep 0.3/0.6/0.8."""
@@ -125,38 +130,12 @@ class LegrConfig(DeployConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("mutate_fraction", "sigma", "anneal_to"):
-            setattr(self, name, _number(self, name))
-        checks = (
-            ("population", _is_int(self.population, 1), "an integer >= 1"),
-            ("sample", _is_int(self.sample, 1), "an integer >= 1"),
-            ("candidates", _is_int(self.candidates, 1), "an integer >= 1"),
-            ("batch", _is_int(self.batch, 1), "an integer >= 1"),
-            ("mutate_fraction", 0.0 < self.mutate_fraction <= 1.0, "a number in (0, 1]"),
-            ("sigma", self.sigma > 0, "> 0"),
-            ("anneal_to", 0.0 <= self.anneal_to <= 1.0, "a number in [0, 1]"),
-        )
-        for name, ok, expected in checks:
-            if not ok:
-                raise _bad(self, name, getattr(self, name), expected)
-
-
-def _is_int(value: Any, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
-def _number(config: Any, name: str) -> float:
-    value = getattr(config, name)
-    if isinstance(value, bool):
-        raise _bad(config, name, value, "a number")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise _bad(config, name, value, "a number") from None
-
-
-def _bad(config: Any, name: str, value: Any, expected: str) -> ValueError:
-    return ValueError(f"{type(config).__name__}.{name}={value!r} is invalid: expected {expected}")
+        owner = type(self).__name__
+        for name in ("population", "sample", "candidates", "batch"):
+            setattr(self, name, as_int(owner, name, getattr(self, name), 1))
+        self.mutate_fraction = as_float(owner, "mutate_fraction", self.mutate_fraction, low=0, high=1, low_open=True)
+        self.sigma = as_float(owner, "sigma", self.sigma, low=0, low_open=True)
+        self.anneal_to = as_float(owner, "anneal_to", self.anneal_to, low=0, high=1)
 
 
 # ---------------------------------------------------------------------------------------------- evolution

@@ -42,6 +42,7 @@ from torch import nn
 from agents.base import Agent, RecordedEnv, one_torch_thread
 from envs.shrinkage import N2N_LOOKUP
 from netcomp.arch import Arch, arch_from_dict, arch_to_dict, n2n_descriptors
+from netcomp.checks import as_bool, as_choice, as_float, as_int
 from netcomp.distill import LOSSES, OPTIMIZERS, SCHEDULES, TrainConfig
 from netcomp.files import torch_save_atomic
 
@@ -140,43 +141,31 @@ class N2NConfig:
     alone). False trains them one at a time (same scores, slower)."""
 
     def __post_init__(self) -> None:
-        """Coerce YAML strings to numbers and reject bad values with a message naming them."""
-        for name in ("removal_lr", "shrink_lr", "stage2_fraction", "constraint_epochs", "finetune_epochs",
-                     "finetune_lr", "finetune_lambda", "finetune_weight_decay"):
-            value = getattr(self, name)
-            if isinstance(value, str | int) and not isinstance(value, bool):
-                try:
-                    setattr(self, name, float(value))
-                except ValueError:
-                    raise _bad(name, value, "a number") from None
-        if self.acc_constraint is not None:
-            self.acc_constraint = float(self.acc_constraint)
-        checks = (
-            ("rollouts", isinstance(self.rollouts, int) and self.rollouts >= 1, "an integer >= 1"),
-            ("removal_lr", self.removal_lr > 0, "> 0"),
-            ("shrink_lr", self.shrink_lr > 0, "> 0"),
-            ("hidden", isinstance(self.hidden, int) and self.hidden >= 1, "an integer >= 1"),
-            ("lstm_layers", isinstance(self.lstm_layers, int) and self.lstm_layers >= 1, "an integer >= 1"),
-            ("stage2_fraction", 0.0 <= self.stage2_fraction <= 1.0, "a number in [0, 1]"),
-            ("baseline", self.baseline in BASELINES, f"one of {list(BASELINES)}"),
-            ("policy_input", self.policy_input in POLICY_INPUTS, f"one of {list(POLICY_INPUTS)}"),
-            ("constraint_epochs", self.constraint_epochs > 0, "> 0"),
-            ("finetune_epochs", self.finetune_epochs > 0, "> 0"),
-            ("finetune_lr", self.finetune_lr > 0, "> 0"),
-            ("finetune_lambda", self.finetune_lambda >= 0, ">= 0"),
-            ("finetune_loss", self.finetune_loss in LOSSES, f"one of {list(LOSSES)}"),
-            ("finetune_optimizer", self.finetune_optimizer in OPTIMIZERS, f"one of {list(OPTIMIZERS)}"),
-            ("finetune_schedule", self.finetune_schedule in SCHEDULES, f"one of {list(SCHEDULES)}"),
-            ("finetune_batch_size", isinstance(self.finetune_batch_size, int) and self.finetune_batch_size >= 1,
-             "an integer >= 1"),
-        )
-        for name, ok, expected in checks:
-            if not ok:
-                raise _bad(name, getattr(self, name), expected)
-
-
-def _bad(name: str, value: Any, expected: str) -> ValueError:
-    return ValueError(f"N2NConfig.{name}={value!r} is invalid: expected {expected}")
+        """Coerce YAML values and reject bad ones (netcomp.checks' one format)."""
+        o = "N2NConfig"
+        self.rollouts = as_int(o, "rollouts", self.rollouts, 1)
+        self.removal_lr = as_float(o, "removal_lr", self.removal_lr, low=0, low_open=True)
+        self.shrink_lr = as_float(o, "shrink_lr", self.shrink_lr, low=0, low_open=True)
+        self.hidden = as_int(o, "hidden", self.hidden, 1)
+        self.lstm_layers = as_int(o, "lstm_layers", self.lstm_layers, 1)
+        self.stage2_fraction = as_float(o, "stage2_fraction", self.stage2_fraction, low=0, high=1)
+        self.baseline = as_choice(o, "baseline", self.baseline, BASELINES)
+        self.policy_input = as_choice(o, "policy_input", self.policy_input, POLICY_INPUTS)
+        self.size_constraint = as_int(o, "size_constraint", self.size_constraint, 1, optional=True)
+        self.acc_constraint = as_float(o, "acc_constraint", self.acc_constraint, low=0, high=1, optional=True)
+        self.constraint_epochs = as_float(o, "constraint_epochs", self.constraint_epochs, low=0, low_open=True)
+        self.finetune = as_bool(o, "finetune", self.finetune)
+        self.finetune_epochs = as_float(o, "finetune_epochs", self.finetune_epochs, low=0, low_open=True)
+        self.finetune_lr = as_float(o, "finetune_lr", self.finetune_lr, low=0, low_open=True)
+        self.finetune_lambda = as_float(o, "finetune_lambda", self.finetune_lambda, low=0)
+        self.finetune_loss = as_choice(o, "finetune_loss", self.finetune_loss, LOSSES)
+        self.finetune_optimizer = as_choice(o, "finetune_optimizer", self.finetune_optimizer, OPTIMIZERS)
+        self.finetune_weight_decay = as_float(o, "finetune_weight_decay", self.finetune_weight_decay, low=0)
+        self.finetune_batch_size = as_int(o, "finetune_batch_size", self.finetune_batch_size, 1)
+        self.finetune_schedule = as_choice(o, "finetune_schedule", self.finetune_schedule, SCHEDULES)
+        self.finetune_max_steps = as_int(o, "finetune_max_steps", self.finetune_max_steps, 0, optional=True)
+        self.finetune_train_max = as_int(o, "finetune_train_max", self.finetune_train_max, 1, optional=True)
+        self.finetune_follow_fidelity = as_bool(o, "finetune_follow_fidelity", self.finetune_follow_fidelity)
 
 
 # ---------------------------------------------------------------------------------------------- pure pieces

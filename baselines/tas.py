@@ -45,6 +45,7 @@ from torch import nn
 
 from agents.base import Agent, RecordedEnv
 from netcomp.arch import Arch
+from netcomp.checks import as_bool, as_choice, as_float, as_floats, as_int
 from netcomp.data import DeviceLoader, Split
 from netcomp.distill import TrainConfig
 from netcomp.surgery import blocks_of, set_conv_widths, set_stage_depths, width_convs
@@ -121,27 +122,31 @@ class TASConfig:
     """Cap the final training by the run fidelity's ``final`` section (smoke: seconds); False keeps these."""
 
     def __post_init__(self) -> None:
-        """Coerce YAML values and reject bad ones with a message naming them."""
-        self.arch_betas = tuple(float(b) for b in self.arch_betas)
-        for name in ("flop_ratio", "flop_weight", "flop_tolerance", "lr", "momentum", "weight_decay", "arch_lr",
-                     "arch_weight_decay", "tau_min", "final_epochs", "final_lr", "final_weight_decay",
-                     "final_lambda", "final_temperature"):
-            setattr(self, name, _number(name, getattr(self, name)))
+        """Coerce YAML values and reject bad ones (netcomp.checks' one format)."""
+        o, pos = "TASConfig", {"low": 0, "low_open": True}
+        self.flop_ratio = as_float(o, "flop_ratio", self.flop_ratio, low=0, high=1, low_open=True)
+        self.flop_weight = as_float(o, "flop_weight", self.flop_weight, low=0)
+        self.flop_tolerance = as_float(o, "flop_tolerance", self.flop_tolerance, low=0, high=1, high_open=True)
+        self.search_epochs = as_int(o, "search_epochs", self.search_epochs, 1)
+        self.batch_size = as_int(o, "batch_size", self.batch_size, 2)
+        self.search_train_max = as_int(o, "search_train_max", self.search_train_max, 1, optional=True)
+        for name in ("lr", "arch_lr", "final_epochs", "final_lr", "final_temperature"):
+            setattr(self, name, as_float(o, name, getattr(self, name), **pos))
+        for name in ("weight_decay", "arch_weight_decay", "final_weight_decay"):
+            setattr(self, name, as_float(o, name, getattr(self, name), low=0))
+        self.momentum = as_float(o, "momentum", self.momentum, low=0, high=1, high_open=True)
+        self.arch_betas = tuple(as_floats(o, "arch_betas", self.arch_betas, low=0, high=1))
+        self.tau_schedule = as_choice(o, "tau_schedule", self.tau_schedule, TAU_SCHEDULES)
         if self.tau_max is None:
             self.tau_max = 5.0 if self.tau_schedule == "cosine" else 10.0
-        self.tau_max = _number("tau_max", self.tau_max)
-        checks = (
-            ("flop_ratio", 0 < self.flop_ratio <= 1, "a number in (0, 1]"),
-            ("flop_tolerance", 0 <= self.flop_tolerance < 1, "a number in [0, 1)"),
-            ("search_epochs", isinstance(self.search_epochs, int) and self.search_epochs >= 1, "an integer >= 1"),
-            ("batch_size", isinstance(self.batch_size, int) and self.batch_size >= 2, "an integer >= 2"),
-            ("tau_schedule", self.tau_schedule in TAU_SCHEDULES, f"one of {list(TAU_SCHEDULES)}"),
-            ("tau_min", 0 < self.tau_min <= self.tau_max, "0 < tau_min <= tau_max"),
-            ("final_lambda", 0 <= self.final_lambda <= 1, "a number in [0, 1]"),
-        )
-        for name, ok, expected in checks:
-            if not ok:
-                raise ValueError(f"TASConfig.{name}={getattr(self, name)!r} is invalid: expected {expected}")
+        self.tau_max = as_float(o, "tau_max", self.tau_max, **pos)
+        self.tau_min = as_float(o, "tau_min", self.tau_min, low=0, high=self.tau_max, low_open=True)
+        self.final_batch_size = as_int(o, "final_batch_size", self.final_batch_size, 1)
+        self.final_lambda = as_float(o, "final_lambda", self.final_lambda, low=0, high=1)
+        self.final_train_max = as_int(o, "final_train_max", self.final_train_max, 1, optional=True)
+        for name in ("symmetric_tolerance", "cost_input_from_kept_block", "search_follow_fidelity", "final",
+                     "final_follow_fidelity"):
+            setattr(self, name, as_bool(o, name, getattr(self, name)))
 
     def final_config(self) -> TrainConfig:
         """TAS's final KD training [final KD training] as a TrainConfig."""
@@ -150,15 +155,6 @@ class TASConfig:
             temperature=self.final_temperature, optimizer="sgd", lr=self.final_lr, momentum=0.9, nesterov=True,
             weight_decay=self.final_weight_decay, schedule="cosine", train_max=self.final_train_max,
             eval_every_epoch=False)
-
-
-def _number(name: str, value: Any) -> float:
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"TASConfig.{name}={value!r} is invalid: expected a number") from None
 
 
 # ---------------------------------------------------------------------------------------------- search space

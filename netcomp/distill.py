@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from netcomp.checks import as_bool, as_choice, as_float, as_floats, as_int, invalid
 from netcomp.data import DeviceLoader
 
 if TYPE_CHECKING:
@@ -61,50 +62,8 @@ TRAIN_STATE_VERSION = 1
 
 
 # ---------------------------------------------------------------------------------------------- config
-def _field_error(name: str, value: Any, expected: str) -> ValueError:
-    return ValueError(f"TrainConfig.{name}={value!r} is invalid: expected {expected}")
-
-
-def _as_float(name: str, value: Any) -> float:
-    """A float from an int/float, or from a numeric string (YAML 1.1 reads ``1e-3`` as a string)."""
-    if isinstance(value, bool):
-        raise _field_error(name, value, "a number")
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    raise _field_error(name, value, "a number")
-
-
-def _as_int(name: str, value: Any, minimum: int, optional: bool = False) -> int | None:
-    """An int >= minimum (an integral float such as ``30.0`` is accepted); None if optional."""
-    if value is None and optional:
-        return None
-    expected = f"an integer >= {minimum}" + (" or None" if optional else "")
-    if isinstance(value, bool):
-        raise _field_error(name, value, expected)
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, int) or value < minimum:
-        raise _field_error(name, value, expected)
-    return value
-
-
-def _as_bool(name: str, value: Any, optional: bool = False) -> bool | None:
-    if value is None and optional:
-        return None
-    if not isinstance(value, bool):
-        raise _field_error(name, value, "true or false" + (" or None" if optional else ""))
-    return value
-
-
-def _as_choice(name: str, value: Any, choices: Sequence[str]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise _field_error(name, value, f"one of {list(choices)}")
-    return value
+#: The owner name in TrainConfig's error messages (netcomp.checks' one format).
+CFG = "TrainConfig"
 
 
 @dataclass
@@ -152,55 +111,37 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """Normalise types (numeric strings from YAML) and reject bad values with a message naming them."""
-        self.epochs = _as_float("epochs", self.epochs)
-        if not (math.isfinite(self.epochs) and self.epochs > 0):
-            raise _field_error("epochs", self.epochs, "a finite number > 0")
-        self.max_steps = _as_int("max_steps", self.max_steps, 0, optional=True)  # 0: evaluate only (LeGR tau-hat 0)
-        self.batch_size = _as_int("batch_size", self.batch_size, 1)
-        self.loss = _as_choice("loss", self.loss, LOSSES)
-        self.kd_lambda = _as_float("kd_lambda", self.kd_lambda)
+        self.epochs = as_float(CFG, "epochs", self.epochs, low=0, low_open=True)
+        self.max_steps = as_int(CFG, "max_steps", self.max_steps, 0, optional=True)  # 0: evaluate only (LeGR tau-hat 0)
+        self.batch_size = as_int(CFG, "batch_size", self.batch_size, 1)
+        self.loss = as_choice(CFG, "loss", self.loss, LOSSES)
+        self.kd_lambda = as_float(CFG, "kd_lambda", self.kd_lambda)
         upper = 1.0 if self.loss == "kd" else math.inf
         if not (0.0 <= self.kd_lambda <= upper):
-            raise _field_error("kd_lambda", self.kd_lambda,
+            raise invalid(CFG, "kd_lambda", self.kd_lambda,
                                "a number in [0, 1] for loss 'kd'" if self.loss == "kd" else "a number >= 0")
-        self.temperature = _as_float("temperature", self.temperature)
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise _field_error("temperature", self.temperature, "a finite number > 0")
-        self.optimizer = _as_choice("optimizer", self.optimizer, OPTIMIZERS)
-        self.lr = _as_float("lr", self.lr)
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise _field_error("lr", self.lr, "a finite number > 0")
-        self.weight_decay = _as_float("weight_decay", self.weight_decay)
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise _field_error("weight_decay", self.weight_decay, "a finite number >= 0")
-        self.momentum = _as_float("momentum", self.momentum)
-        if not (0.0 <= self.momentum < 1.0):
-            raise _field_error("momentum", self.momentum, "a number in [0, 1)")
-        self.nesterov = _as_bool("nesterov", self.nesterov)
+        self.temperature = as_float(CFG, "temperature", self.temperature, low=0, low_open=True)
+        self.optimizer = as_choice(CFG, "optimizer", self.optimizer, OPTIMIZERS)
+        self.lr = as_float(CFG, "lr", self.lr, low=0, low_open=True)
+        self.weight_decay = as_float(CFG, "weight_decay", self.weight_decay, low=0)
+        self.momentum = as_float(CFG, "momentum", self.momentum, low=0, high=1, high_open=True)
+        self.nesterov = as_bool(CFG, "nesterov", self.nesterov)
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
-            raise _field_error("nesterov", self.nesterov, "False unless optimizer='sgd' with momentum > 0")
-        self.schedule = _as_choice("schedule", self.schedule, SCHEDULES)
-        self.step_epochs = _as_int("step_epochs", self.step_epochs, 1)
-        self.gamma = _as_float("gamma", self.gamma)
-        if not (math.isfinite(self.gamma) and self.gamma > 0):
-            raise _field_error("gamma", self.gamma, "a finite number > 0")
-        self.label_smoothing = _as_float("label_smoothing", self.label_smoothing)
-        if not (0.0 <= self.label_smoothing < 1.0):
-            raise _field_error("label_smoothing", self.label_smoothing, "a number in [0, 1)")
-        self.augment = _as_bool("augment", self.augment, optional=True)
-        self.eval_every_epoch = _as_bool("eval_every_epoch", self.eval_every_epoch)
-        self.keep_best = _as_bool("keep_best", self.keep_best)
-        self.eval_max = _as_int("eval_max", self.eval_max, 1, optional=True)
-        self.train_max = _as_int("train_max", self.train_max, 1, optional=True)
-        self.amp = _as_choice("amp", self.amp, AMP_MODES)
-        self.channels_last = _as_choice("channels_last", self.channels_last, CHANNELS_LAST_MODES)
-        self.bn_recalibrate = _as_int("bn_recalibrate", self.bn_recalibrate, 0)
+            raise invalid(CFG, "nesterov", self.nesterov, "False unless optimizer='sgd' with momentum > 0")
+        self.schedule = as_choice(CFG, "schedule", self.schedule, SCHEDULES)
+        self.step_epochs = as_int(CFG, "step_epochs", self.step_epochs, 1)
+        self.gamma = as_float(CFG, "gamma", self.gamma, low=0, low_open=True)
+        self.label_smoothing = as_float(CFG, "label_smoothing", self.label_smoothing, low=0, high=1, high_open=True)
+        self.augment = as_bool(CFG, "augment", self.augment, optional=True)
+        self.eval_every_epoch = as_bool(CFG, "eval_every_epoch", self.eval_every_epoch)
+        self.keep_best = as_bool(CFG, "keep_best", self.keep_best)
+        self.eval_max = as_int(CFG, "eval_max", self.eval_max, 1, optional=True)
+        self.train_max = as_int(CFG, "train_max", self.train_max, 1, optional=True)
+        self.amp = as_choice(CFG, "amp", self.amp, AMP_MODES)
+        self.channels_last = as_choice(CFG, "channels_last", self.channels_last, CHANNELS_LAST_MODES)
+        self.bn_recalibrate = as_int(CFG, "bn_recalibrate", self.bn_recalibrate, 0)
         if self.milestones is not None:
-            if isinstance(self.milestones, str | bytes) or not hasattr(self.milestones, "__iter__"):
-                raise _field_error("milestones", self.milestones, "a list of epochs >= 0 (or null)")
-            self.milestones = [_as_float("milestones", m) for m in self.milestones]
-            if not all(math.isfinite(m) and m >= 0 for m in self.milestones):
-                raise _field_error("milestones", self.milestones, "a list of epochs >= 0 (or null)")
+            self.milestones = as_floats(CFG, "milestones", self.milestones, low=0, nonempty=False)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
