@@ -37,6 +37,7 @@ from gymnasium import spaces as gym_spaces
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from agents.base import Agent
+from netcomp.checks import as_bool, as_choice, as_int, invalid
 from netcomp.files import write_text_atomic
 from netcomp.jsonl import to_jsonable
 from netcomp.pareto import front_csv, front_hypervolume, pareto_front
@@ -49,18 +50,6 @@ RUN_ATTR, INDEX_ATTR = "netcomp_run", "netcomp_index"
 
 
 # ---------------------------------------------------------------------------- configuration
-def _positive_int(name: str, value: Any, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1{' or null' if allow_none else ''}, got {value!r}")
-
-
-def _choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise ValueError(f"{name} must be one of {', '.join(valid)}, got {value!r}")
-
-
 @dataclass
 class OptunaConfig:
     """Hyper-parameters of the Optuna agents (``agent_config:`` in a run's config)."""
@@ -109,20 +98,19 @@ class OptunaConfig:
     OBJECTIVES: ClassVar[tuple[str, ...]] = OBJECTIVES
 
     def __post_init__(self) -> None:
-        _positive_int("batch", self.batch)
-        _choice("objective", self.objective, type(self).OBJECTIVES)
-        _choice("size_metric", self.size_metric, SIZE_METRICS)
-        _choice("discrete", self.discrete, DISCRETE)
-        if not isinstance(self.edit_skips, bool):
-            raise ValueError(f"edit_skips must be true or false, got {self.edit_skips!r}")
-        _positive_int("startup_trials", self.startup_trials, allow_none=True)
-        _positive_int("population", self.population, allow_none=True)
-        if self.population is not None and self.population < 2:
-            raise ValueError(f"population must be >= 2, got {self.population}")
+        """Reject bad values (netcomp.checks' one format)."""
+        o = type(self).__name__
+        self.batch = as_int(o, "batch", self.batch, 1)
+        self.objective = as_choice(o, "objective", self.objective, type(self).OBJECTIVES)
+        self.size_metric = as_choice(o, "size_metric", self.size_metric, SIZE_METRICS)
+        self.discrete = as_choice(o, "discrete", self.discrete, DISCRETE)
+        self.edit_skips = as_bool(o, "edit_skips", self.edit_skips)
+        self.startup_trials = as_int(o, "startup_trials", self.startup_trials, 1, optional=True)
+        self.population = as_int(o, "population", self.population, 2, optional=True)
         if self.study_storage is not None and not (isinstance(self.study_storage, str) and self.study_storage):
-            raise ValueError(f"study_storage must be a file path or an RDB URL, got {self.study_storage!r}")
+            raise invalid(o, "study_storage", self.study_storage, "a file path or an RDB URL (or null)")
         if not (isinstance(self.study_name, str) and self.study_name):
-            raise ValueError(f"study_name must be a non-empty string, got {self.study_name!r}")
+            raise invalid(o, "study_name", self.study_name, "a non-empty name")
 
 
 @dataclass
@@ -133,8 +121,8 @@ class CmaEsConfig(OptunaConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.population is not None and self.population < 4:  # fewer: one parent, a degenerate update
-            raise ValueError(f"population (CMA-ES's popsize) must be >= 4, got {self.population}")
+        # fewer than 4: one parent, a degenerate update (CMA-ES's popsize)
+        self.population = as_int(type(self).__name__, "population", self.population, 4, optional=True)
 
 
 @dataclass

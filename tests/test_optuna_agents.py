@@ -91,13 +91,13 @@ def test_the_agents_are_registered_with_every_one_shot_space():
 
 
 @pytest.mark.parametrize("overrides,message", [
-    ({"batch": 0}, "batch must be an integer >= 1"), ({"batch": 2.5}, "batch"),
-    ({"objective": "accuracy"}, "objective must be one of reward, pareto"),
-    ({"size_metric": "flops"}, "size_metric must be one of macs, params"),
-    ({"discrete": "onehot"}, "discrete must be one of int, categorical"),
-    ({"edit_skips": "yes"}, "edit_skips must be true or false"),
-    ({"startup_trials": 0}, "startup_trials must be an integer >= 1 or null"),
-    ({"population": 1}, "population must be >= 2"), ({"study_storage": ""}, "study_storage"),
+    ({"batch": 0}, "OptunaConfig.batch=0 is invalid: expected an integer >= 1"), ({"batch": 2.5}, "batch"),
+    ({"objective": "accuracy"}, r"OptunaConfig.objective='accuracy' is invalid: expected one of reward, pareto"),
+    ({"size_metric": "flops"}, "size_metric.*expected one of macs, params"),
+    ({"discrete": "onehot"}, "discrete.*expected one of int, categorical"),
+    ({"edit_skips": "yes"}, "edit_skips.*expected true or false"),
+    ({"startup_trials": 0}, "startup_trials=0 is invalid: expected an integer >= 1 \\(or null\\)"),
+    ({"population": 1}, "population=1 is invalid: expected an integer >= 2"), ({"study_storage": ""}, "study_storage"),
     ({"study_name": ""}, "study_name"),
 ])
 def test_bad_settings_are_named(overrides, message):
@@ -106,9 +106,9 @@ def test_bad_settings_are_named(overrides, message):
 
 
 def test_cmaes_refuses_two_objectives_and_unknown_keys_are_errors():
-    with pytest.raises(ValueError, match="objective must be one of reward, got 'pareto'"):
+    with pytest.raises(ValueError, match="CmaEsConfig.objective='pareto' is invalid: expected one of reward"):
         CmaEsConfig(objective="pareto")
-    with pytest.raises(ValueError, match="CMA-ES's popsize.*>= 4"):
+    with pytest.raises(ValueError, match="CmaEsConfig.population=3 is invalid: expected an integer >= 4"):
         CmaEsConfig(population=3)
     with pytest.raises(ValueError, match="unknown OptunaConfig keys.*n_trials"):
         make_config(OptunaConfig, {"n_trials": 3})
