@@ -64,7 +64,7 @@ from runner.rundir import (
 COMPARE_FILE = "compare.yaml"
 #: Run settings every run of a comparison shares (the flags set them; agents' config files cannot).
 SHARED_KEYS = ("budget", "budget_seconds", "fidelity", "device", "data_root", "download", "teacher", "workers",
-               "ray_address", "threads")
+               "ray_address", "threads", "export")
 #: compare.yaml's keys.
 SPEC_KEYS = ("env", "agents", "seeds", "preset", "run", "agent_sources")
 #: Flags a comparison's resume cannot take: they would change what it computes (or be ignored).

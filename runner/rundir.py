@@ -62,6 +62,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "workers": None,         # Ray actors that train the students of batched asks (None: this process, no Ray)
     "ray_address": None,     # a running Ray cluster (HEAD:6379); None: a local one on this machine
     "worker_gpus": None,     # each actor's GPU share (0.25: four actors per GPU); None: 1 if the cluster has GPUs
+    "export": True,          # also write the kept student as ONNX (checked with onnxruntime) and torch.export
     "threads": None,         # torch intra-op CPU threads the run trains with (None: this machine's count, then
                              # recorded, so a resume or --validate elsewhere computes the same floats)
 }
@@ -93,6 +94,7 @@ RUN_TYPES: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "ray_address": (_STR, None, "HOST:PORT (or null)"),
     "worker_gpus": (_NUM, lambda v: v > 0, "a number > 0 (or null)"),
     "threads": (_INT, lambda v: v >= 1, "an integer >= 1 (or null)"),
+    "export": ((bool,), None, "true or false"),
 }
 #: Run settings that may be null.
 _NULLABLE = {"budget", "budget_seconds", "mode", "device", "data_root", "teacher", "load_policy", "workers",
@@ -818,6 +820,31 @@ def _student_meta(path: Path) -> dict | None:
     return blob.get("meta") if isinstance(blob, dict) else None
 
 
+def export_best(agent: Any, run_dir: Path) -> dict | None:
+    """``best_student.onnx`` and ``best_student.pt2`` of the run's kept student (netcomp.export), checked on
+    real validation images; an export that fails is reported (``error``) and never loses the run. None when
+    there is no kept student. Kept from an earlier try when still the same student's."""
+    from netcomp.export import export_student, real_images
+    from netcomp.surgery import load_student
+
+    path = run_dir / "best_student.pt"
+    if not path.exists():
+        return None
+    model, _, meta = load_student(path)
+    done = run_dir / "exported.json"
+    if done.exists() and (previous := json.loads(done.read_text())).get("index") == meta.get("index") \
+            and all(Path(previous.get(k, "")).exists() for k in ("onnx", "torch_export")):
+        return previous
+    try:
+        report = {"index": meta.get("index"),
+                  **export_student(model, real_images(agent.env.unwrapped.evaluator.dataset), run_dir)}
+    except Exception as exc:  # an exporter's limit is not the run's failure: say so and keep going
+        report = {"index": meta.get("index"), "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
+        print(f"warning: could not export the best student: {report['error']}")
+    write_text_atomic(done, json.dumps(report, indent=1))
+    return report
+
+
 def accounting_problems(config: dict, log: RunLog) -> list[str]:
     """Why this run's figures cannot be compared with others': students trained outside the recorder (through
     ``env.unwrapped`` or the evaluator), or a budget the agent edited. Counted over this process's work: the
@@ -865,6 +892,7 @@ def finish(config: dict, run_dir: Path, agent: Any, log: RunLog, resumed: bool, 
         runner_meta = save_best_student(agent, records, run_dir)
         best_meta = runner_meta or best_meta
     shared = shared_final(agent, records, run_dir, runner_meta) if config["run"].get("shared_final") else None
+    exported = export_best(agent, run_dir) if config["run"].get("export", True) else None
     write_plots(records, run_dir)
     if agent.has_policy:  # the policy as it ends (after an extension too)
         agent.save_policy(run_dir / "policy.pt")
@@ -878,7 +906,7 @@ def finish(config: dict, run_dir: Path, agent: Any, log: RunLog, resumed: bool, 
         "threads": config["run"].get("threads"),
         "comparable": not problems, "not_comparable": problems, "overspent": overspent,
         "best": best(records), "best_student": best_meta,
-        "shared_final": shared,
+        "shared_final": shared, "exported": exported,
         "notes": {k: v for k, v in agent.notes.items() if k != "final"},
     }
     write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1, default=str))

@@ -43,7 +43,7 @@ def finished(tmp_path_factory):
     """An uninterrupted 2-agent x 2-seed comparison, made once."""
     root = tmp_path_factory.mktemp("cmp")
     config = root / "tiny.yaml"
-    config.write_text(yaml.safe_dump({"run": {"threads": 1, "dataset_kwargs": dict(TINY)}}))
+    config.write_text(yaml.safe_dump({"run": {"threads": 1, "export": False, "dataset_kwargs": dict(TINY)}}))
     out = root / "cmp"
     assert cli(*_comparison(out, str(config))) == 0
     return out, str(config)

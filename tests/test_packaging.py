@@ -40,7 +40,7 @@ def test_a_non_editable_install_runs_a_smoke_comparison_from_another_directory(t
     shutil.rmtree(source)  # the install must not need the checkout
     work = tmp_path / "elsewhere"
     work.mkdir()
-    (work / "tiny.yaml").write_text(yaml.safe_dump({"run": {"fidelity": "smoke", "threads": 1,
+    (work / "tiny.yaml").write_text(yaml.safe_dump({"run": {"fidelity": "smoke", "threads": 1, "export": False,
                                                             "dataset_kwargs": dict(TINY)}}))
     done = subprocess.run([str(venv / "bin" / "run_agent"), "--env", "removal-resnet20-synthetic", "--agent",
                            "random,n2n", "--seeds", "1", "--budget", "2", "--preset", "quick", "--config", "tiny.yaml",
