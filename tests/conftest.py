@@ -29,7 +29,8 @@ def tiny_config(tmp_path):
     import yaml
 
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump({"run": {"fidelity": "smoke", "threads": 1, "export": False, "dataset_kwargs": dict(TINY)}}))
+    path.write_text(yaml.safe_dump({"run": {"fidelity": "smoke", "threads": 1, "export": False,
+                                            "dataset_kwargs": dict(TINY)}}))
     return str(path)
 
 

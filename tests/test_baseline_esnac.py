@@ -166,7 +166,8 @@ def test_full_training_keeps_the_best_of_the_top_k_by_the_chosen_split(tiny):
 
 def _config(tmp_path, **agent):
     path = tmp_path / "esnac.yaml"
-    path.write_text(yaml.safe_dump({"run": {"fidelity": "smoke", "threads": 1, "export": False, "dataset_kwargs": dict(TINY)},
+    path.write_text(yaml.safe_dump({"run": {"fidelity": "smoke", "threads": 1, "export": False,
+                                            "dataset_kwargs": dict(TINY)},
                                     "agent_config": {**SMALL, **agent}}))
     return str(path)
 

@@ -208,7 +208,8 @@ def test_bad_config_values_are_named():
 # ---------------------------------------------------------------------------------------------- the run
 def test_kill_and_resume_repeats_no_evaluation(tmp_path):
     config = tmp_path / "legr.yaml"
-    config.write_text(yaml.safe_dump({"run": {"fidelity": "smoke", "threads": 1, "export": False, "dataset_kwargs": dict(TINY)},
+    config.write_text(yaml.safe_dump({"run": {"fidelity": "smoke", "threads": 1, "export": False,
+                                              "dataset_kwargs": dict(TINY)},
                                       "agent_config": SMALL}))
     ref = tmp_path / "ref"  # the uninterrupted run, in this process (the same seeded run as a subprocess)
     assert cli(*_cmd(ref, "ranking-affine", "legr", str(config), budget=10)[2:]) == 0

@@ -35,7 +35,8 @@ def config_file(tmp_path_factory) -> str:
     import yaml
 
     path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
-    path.write_text(yaml.safe_dump({"run": {"fidelity": "smoke", "threads": 1, "export": False, "dataset_kwargs": dict(TINY),
+    path.write_text(yaml.safe_dump({"run": {"fidelity": "smoke", "threads": 1, "export": False,
+                                            "dataset_kwargs": dict(TINY),
                                             "save_best": False}}))
     return str(path)
 

@@ -55,7 +55,8 @@ def references(tmp_path_factory):
     """Uninterrupted runs, one per (space, agent), computed once."""
     root = tmp_path_factory.mktemp("refs")
     config = root / "tiny.yaml"
-    config.write_text(yaml.safe_dump({"run": {"fidelity": "smoke", "threads": 1, "export": False, "dataset_kwargs": dict(TINY)}}))
+    config.write_text(yaml.safe_dump({"run": {"fidelity": "smoke", "threads": 1, "export": False,
+                                              "dataset_kwargs": dict(TINY)}}))
     cache = {}
 
     def get(space, agent):
@@ -168,7 +169,8 @@ def test_unknown_config_keys_presets_and_conflicting_resume_flags_are_errors(tin
 
 def test_n2n_without_finetune_saves_the_summarys_best_student(tmp_path):
     config = tmp_path / "n2n.yaml"
-    config.write_text(yaml.safe_dump({"run": {"fidelity": "smoke", "threads": 1, "export": False, "dataset_kwargs": dict(TINY)},
+    config.write_text(yaml.safe_dump({"run": {"fidelity": "smoke", "threads": 1, "export": False,
+                                              "dataset_kwargs": dict(TINY)},
                                       "agent_config": {"finetune": False, "rollouts": 2}}))
     out = tmp_path / "n2n"
     assert run("--env", "removal-resnet20-synthetic", "--agent", "n2n", "--budget", 8, "--config", config,

@@ -30,7 +30,8 @@ def make_run(out: Path, tiny_yaml: Path, *argv) -> Path:
 def tiny_yaml(folder: Path, agent_config: dict | None = None) -> Path:
     """A --config file: tiny synthetic data, smoke fidelity, and the agent's (cheap) settings."""
     path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump({"run": {"fidelity": "smoke", "threads": 1, "export": False, "dataset_kwargs": dict(TINY)},
+    path.write_text(yaml.safe_dump({"run": {"fidelity": "smoke", "threads": 1, "export": False,
+                                            "dataset_kwargs": dict(TINY)},
                                     "agent_config": agent_config or {}}))
     return path
 
