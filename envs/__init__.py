@@ -13,6 +13,7 @@ from typing import Any
 
 import gymnasium as gym
 
+from netcomp.checks import did_you_mean
 from netcomp.data import DATASETS
 from netcomp.zoo import ARCHS
 
@@ -40,7 +41,9 @@ def parse_env_id(name: str) -> str:
             arch, _, dataset = rest.partition("-")
             if arch in ARCHS and dataset in DATASETS:
                 return env_id(space, arch, dataset)
-    raise ValueError(f"unknown environment {name!r}; ids are SPACE-ARCH-DATASET with SPACE in "
+    known = [f"{space}-{arch}-{dataset}" for space in SPACES for arch in ARCHS for dataset in DATASETS]
+    raise ValueError(f"unknown environment {name!r}{did_you_mean(short, known)}; ids are SPACE-ARCH-DATASET with "
+                     f"SPACE in "
                      f"{', '.join(SPACES)}, ARCH in {', '.join(ARCHS)}, DATASET in {', '.join(DATASETS)}")
 
 

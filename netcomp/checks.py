@@ -91,3 +91,11 @@ def as_floats(owner: str, name: str, value: Any, low: float | None = None, high:
         return [as_float(owner, name, v, low, high, low_open) for v in value]
     except ValueError:
         raise invalid(owner, name, value, expected) from None
+
+
+def did_you_mean(value: Any, choices: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices`` to a mistyped ``value``, or an empty string."""
+    import difflib
+
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

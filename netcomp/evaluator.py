@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from netcomp.arch import Arch, arch_key
+from netcomp.checks import did_you_mean
 from netcomp.data import Dataset
 from netcomp.distill import TeacherLogitCache, TrainConfig, TrainResult, evaluate, train_model, train_students
 from netcomp.errors import disk_full_error
@@ -102,8 +103,13 @@ class Fidelity:
         return Protocol(f"{self.name}-final", self.final_config(), "indices")
 
     def key(self) -> str:
-        blob = json.dumps({"name": self.name, "train": self.train.to_dict(), "inherit": self.inherit}, sort_keys=True)
-        return hashlib.sha1(blob.encode()).hexdigest()[:12]
+        """A short hash of what scores a student here (name, KD run, inheritance); computed once (every cache
+        key holds it, and a table env looks one up per step)."""
+        if "_key" not in self.__dict__:
+            blob = json.dumps({"name": self.name, "train": self.train.to_dict(), "inherit": self.inherit},
+                              sort_keys=True)
+            object.__setattr__(self, "_key", hashlib.sha1(blob.encode()).hexdigest()[:12])
+        return self.__dict__["_key"]
 
 
 def load_fidelity(spec: str | Mapping[str, Any], space: str | None = None) -> Fidelity:
@@ -119,7 +125,8 @@ def load_fidelity(spec: str | Mapping[str, Any], space: str | None = None) -> Fi
                         _check_inherit(spec.get("inherit"), space), _check_protocol(spec.get("protocol"), name))
     presets = load_yaml("fidelity.yaml")
     if spec not in presets:
-        raise ValueError(f"unknown fidelity {spec!r}; expected one of {', '.join(presets)} or a mapping")
+        raise ValueError(f"unknown fidelity {spec!r}{did_you_mean(spec, list(presets))}; expected one of "
+                         f"{', '.join(presets)} or a mapping")
     preset = presets[spec]
     train = dict(preset["train"])
     if space is not None:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from agents.base import Agent
+from netcomp.checks import did_you_mean
 
 #: name -> "module:Class" (imported when used, so listing agents stays cheap).
 AGENTS: dict[str, str] = {
@@ -41,8 +42,8 @@ def get_agent(name: str) -> type[Agent]:
         module, _, cls = AGENTS[name].partition(":")
         return getattr(importlib.import_module(module), cls)
     if ":" not in name:
-        raise ValueError(f"unknown agent {name!r}; expected one of {', '.join(AGENTS)}, or FILE.py:Class / "
-                         f"package.module:Class for your own")
+        raise ValueError(f"unknown agent {name!r}{did_you_mean(name, AGENTS)}; expected one of {', '.join(AGENTS)}, "
+                         f"or FILE.py:Class / package.module:Class for your own")
     return _user_agent(name)
 
 

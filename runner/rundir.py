@@ -395,6 +395,8 @@ def locked(run_dir: Path) -> Iterator[None]:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
+        if any((run_dir / done).exists() for done in ("summary.json", "leaderboard.md")):
+            (run_dir / "lock").unlink(missing_ok=True)  # a finished directory holds no lock file
     finally:
         os.close(fd)  # releases the lock
 
@@ -484,7 +486,13 @@ def train_best(agent: Any, best: dict) -> tuple[Any, Any, dict]:
         return None, None, {"index": best["index"],
                             "skipped": f"agent {agent.name!r} cannot rebuild the student of record {best['index']}"}
     base = agent.env.unwrapped
+    final = base.evaluator.fidelity.final_config()
+    print(f"final training of evaluation {best['index']} (reward {best['reward']:.4f}, {best['params']:,} params): "
+          f"{final.epochs:g} epoch(s){f', at most {final.max_steps} steps' if final.max_steps else ''} ...",
+          flush=True)
     model, report = base.evaluator.train_final(arch, seed=base.train_seed)
+    print(f"final training done in {report['seconds']:.1f} s: test accuracy {report['test_accuracy']:.4f} "
+          f"(teacher {report['teacher_test_accuracy']:.4f})", flush=True)
     return arch, model, {"index": best["index"], "reward": best["reward"], "search_val_accuracy": best["accuracy"],
                          **report}
 
@@ -798,12 +806,18 @@ def _progress(config: dict, budget: Budget, log: RunLog, run_dir: Path) -> Itera
     bar = tqdm(total=budget.evaluations, initial=budget.used, desc=f"{config['agent']} on {config['env']}",
                unit="eval", disable=None)
 
+    start, first = time.perf_counter(), budget.used
+    plain = bar.disable  # not a terminal (CI, nohup, a pipe, a notebook): one line per evaluation instead
+
     def on_evaluation(record: dict) -> None:
         writer.add_scalar("reward", record["reward"], record["index"])
         writer.add_scalar("accuracy", record["accuracy"] or 0.0, record["index"])
         writer.add_scalar("compression", record["compression"] or 0.0, record["index"])
+        best = max(r["reward"] for r in log.records)
         bar.update(1)
-        bar.set_postfix(best=f"{max(r['reward'] for r in log.records):.4f}")
+        bar.set_postfix(best=f"{best:.4f}")
+        if plain:
+            print(progress_line(record, best, budget, time.perf_counter() - start, budget.used - first), flush=True)
 
     log.callbacks.append(on_evaluation)
     try:
@@ -811,6 +825,21 @@ def _progress(config: dict, budget: Budget, log: RunLog, run_dir: Path) -> Itera
     finally:
         bar.close()
         writer.close()
+
+
+def progress_line(record: dict, best: float, budget: Budget, elapsed: float, done: int) -> str:
+    """One evaluation's line where no progress bar shows: index of budget, reward, best so far, elapsed, ETA
+    (from this session's pace; a seconds budget's ETA from its training seconds left)."""
+    total = budget.evaluations
+    where = f"{record['index'] + 1}/{total}" if total else f"{record['index'] + 1}"
+    eta = ""
+    if total and done:
+        eta = f", ETA {elapsed / done * max(0, total - budget.used):.0f} s"
+    elif budget.seconds is not None:
+        eta = f", {max(0.0, budget.seconds - budget.train_seconds):.0f} training s left"
+    valid = "" if record["valid"] else " (invalid)"
+    return (f"  eval {where}: reward {record['reward']:.4f}{valid}, best {best:.4f}, "
+            f"elapsed {elapsed:.0f} s{eta}")
 
 
 def _student_meta(path: Path) -> dict | None:

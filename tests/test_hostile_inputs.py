@@ -492,3 +492,26 @@ def test_a_bug_in_an_agent_keeps_its_traceback_instead_of_one_line(tiny_config, 
                     "class BadConfig(RandomAgent):\n    Config = C\n")
     assert cli("--env", ENV, "--agent", f"{path}:BadConfig", "--budget", 2, "--config", tiny_config,
                "--out", tmp_path / "c") == 2
+
+
+def test_without_a_terminal_each_evaluation_and_final_training_prints_a_line_and_no_lock_is_left(tiny_config,
+                                                                                                tmp_path):
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, str(ROOT / "run_agent.py"), "--env", ENV, "--agent", "random",
+                           "--budget", "3", "--config", tiny_config, "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True)  # stdout and stderr are pipes, not a terminal
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.strip().startswith("eval ")]
+    assert [line.split(":")[0].strip() for line in lines] == ["eval 1/3", "eval 2/3", "eval 3/3"]
+    assert all("best" in line and "elapsed" in line for line in lines) and "ETA" in lines[0]
+    assert "final training of evaluation" in done.stdout and "final training done" in done.stdout
+    assert not (out / "lock").exists()
+
+
+@pytest.mark.parametrize("flag, typo, right", [("--env", "removal-resnet20-synthetc", "removal-resnet20-synthetic"),
+                                               ("--agent", "radnom", "random"), ("--fidelity", "rnak", "rank")])
+def test_a_typo_in_a_name_gets_did_you_mean(flag, typo, right, tiny_config, tmp_path, capsys):
+    argv = {"--env": ENV, "--agent": "random", "--config": tiny_config, "--out": str(tmp_path / "x"), flag: typo}
+    assert cli(*[x for kv in argv.items() for x in kv]) == 2
+    assert f"did you mean {right!r}?" in _one_error_line(capsys)
+    assert not (tmp_path / "x").exists()
