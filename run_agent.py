@@ -17,13 +17,24 @@ import sys
 from pathlib import Path
 
 from netcomp.errors import UserError
-from netcomp.teachers import CacheNotWritableError
-from runner.rundir import ConfigError, ReplayMismatch, RunLocked, resolve_config  # noqa: F401 (public API)
 
-#: Errors that are the user's input or the run directory's state: one line on stderr, exit code 2.
-#: A plain ValueError is not among them: outside the places that read the user's input (runner.rundir.user_input)
-#: it is a bug, and keeps its traceback.
-USER_ERRORS = (UserError, FileNotFoundError, NotADirectoryError, PermissionError, CacheNotWritableError)
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's input or the run directory's state: one line on stderr, exit code 2. A plain
+    ValueError is not among them: outside the places that read the user's input (runner.rundir.user_input) it
+    is a bug, and keeps its traceback. (Imported here, not at the top, so --help answers without torch.)"""
+    from netcomp.teachers import CacheNotWritableError
+
+    return UserError, FileNotFoundError, NotADirectoryError, PermissionError, CacheNotWritableError
+
+
+def resolve_config(args: argparse.Namespace) -> dict:
+    """The run config the flags resolve to (``runner.rundir.resolve_config``)."""
+    from runner.rundir import resolve_config as resolve
+
+    return resolve(args)
+
+
 #: Flags --validate reads; any other flag given with it would be ignored, so it is refused.
 VALIDATE_FLAGS = ("validate", "top", "tolerance", "device", "teacher", "data_root", "download")
 
@@ -148,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return compare_command(args)
         return start(args)
-    except USER_ERRORS as exc:
+    except user_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -148,3 +148,12 @@ def test_n2n_runs_both_stages_through_the_cli_and_transfers_to_a_deeper_teacher(
     summary = json.loads((big / "summary.json").read_text())
     assert summary["notes"]["transferred_from"] == str(small / "policy.pt")
     assert len(read_records(big / "evaluations.jsonl")) == 2
+
+
+def test_help_answers_without_importing_torch():
+    """--help is the front door: it must not wait for torch (seconds) to import."""
+    done = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "run_agent.py"), "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "--env" in done.stdout
+    imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert "torch" not in imported and "gymnasium" not in imported
