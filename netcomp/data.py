@@ -16,7 +16,9 @@ Real datasets are read by torchvision's dataset classes, so the real file format
 With ``download=True`` torchvision downloads (and checksums) the files; without it a local folder is read
 and only the presence of the files is checked, so users' own copies and small test files load too.
 Fashion-MNIST can also come from the Debian package ``dataset-fashion-mnist``
-(:data:`FASHION_MNIST_SYSTEM_DIR`). ``synthetic`` is a small generated set that needs no files at all.
+(:data:`FASHION_MNIST_SYSTEM_DIR`). Gzipped MNIST and Fashion-MNIST IDX files (in ``raw/`` or that folder) are
+read where they lie, in memory: nothing is unpacked beside them, so a carried or read-only folder stays as it
+is. ``synthetic`` is a small generated set that needs no files at all.
 """
 
 from __future__ import annotations
@@ -24,8 +26,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
-import shutil
-import tempfile
+import struct
 import types
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -250,13 +251,14 @@ def _not_found(
     lines += [f"  - {p}" for p in looked]
     lines.append("To get it:")
     lines.append(
-        "  - call load_dataset(..., download=True) on a machine with internet access (torchvision downloads"
-        " into root), or"
+        "  - on a machine with internet access, add --download to the command (Python: load_dataset(...,"
+        " download=True)); torchvision downloads into the data root, or"
     )
-    lines.append(f"  - put the files in this layout under root: {layout}")
+    lines.append(f"  - put the files in this layout under the data root: {layout}")
     if extra:
         lines.append(f"  - {extra}")
-    lines.append("root defaults to $NETCOMP_DATA, else ~/.cache/netcomp/data (pass root=... to override).")
+    lines.append("The data root is --data-root DIR (Python: root=...), else $NETCOMP_DATA, else "
+                 "~/.cache/netcomp/data.")
     return FileNotFoundError("\n".join(lines))
 
 
@@ -316,24 +318,37 @@ def _mnist_ready(raw_dir: str, processed_dir: str) -> bool:
     return raw_ok or legacy_ok
 
 
-def _gunzip_idx(src_dir: str, dst_dir: str) -> None:
-    """Decompress ``<name>.gz`` from ``src_dir`` into ``dst_dir/<name>`` for the four IDX files.
+def _read_idx_gz(path: str) -> np.ndarray:
+    """One gzipped IDX file of unsigned bytes as an array of its shape, read in memory: nothing is written.
 
-    Written to a temporary file and renamed, so concurrent processes never see a half-written file.
+    IDX: two zero bytes, the type code (0x08: unsigned byte), the number of dimensions, then each dimension as
+    a big-endian 32-bit integer, then the data.
     """
-    os.makedirs(dst_dir, exist_ok=True)
-    for name in _IDX_FILES:
-        dst = os.path.join(dst_dir, name)
-        if os.path.isfile(dst):
-            continue
-        fd, tmp = tempfile.mkstemp(dir=dst_dir, prefix=f".{name}.")
-        try:
-            with gzip.open(os.path.join(src_dir, name + ".gz"), "rb") as fin, os.fdopen(fd, "wb") as fout:
-                shutil.copyfileobj(fin, fout, length=1 << 20)
-            os.replace(tmp, dst)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path}: not a gzipped IDX file of unsigned bytes")
+    ndim = raw[3]
+    offset = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < offset:
+        raise ValueError(f"{path}: truncated IDX header")
+    dims = struct.unpack(f">{ndim}I", raw[4:offset])
+    if len(raw) - offset != math.prod(dims):
+        raise ValueError(f"{path}: {len(raw) - offset} data bytes, the header says {math.prod(dims)}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims).copy()
+
+
+def _read_mnist_gz(folder: str) -> tuple[_TensorPair, _TensorPair]:
+    """The train and test pairs of the four gzipped IDX files in ``folder``, read where they lie."""
+
+    def pair(prefix: str) -> _TensorPair:
+        x = _read_idx_gz(os.path.join(folder, f"{prefix}-images-idx3-ubyte.gz"))
+        y = _read_idx_gz(os.path.join(folder, f"{prefix}-labels-idx1-ubyte.gz"))
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise ValueError(f"{folder}: {prefix} images {x.shape} do not match labels {y.shape}")
+        return torch.from_numpy(x).unsqueeze(1).contiguous(), torch.from_numpy(y).to(torch.int64)
+
+    return pair("train"), pair("t10k")
 
 
 def _has_gz(folder: str) -> bool:
@@ -345,7 +360,6 @@ def _load_mnist_like(key: str, root: str, download: bool) -> tuple[_TensorPair, 
     raw_dir = os.path.join(root, cls.__name__, "raw")
     processed_dir = os.path.join(root, cls.__name__, "processed")
     looked = [raw_dir]
-    load_root = root
 
     if not _mnist_ready(raw_dir, processed_dir):
         # Sources that need no network, in order: .gz files already in raw/, then the Debian package.
@@ -355,8 +369,9 @@ def _load_mnist_like(key: str, root: str, download: bool) -> tuple[_TensorPair, 
             looked.append(FASHION_MNIST_SYSTEM_DIR)
         src = next((s for s in sources if _has_gz(s)), None)
         if src is not None:
-            load_root = _materialise_idx(src, root, cls.__name__)
-        elif download:
+            # Read in place: a carried or read-only folder keeps its four .gz files and nothing else.
+            return _read_mnist_gz(src)
+        if download:
             try:
                 cls(root, train=True, download=True)
             except (OSError, RuntimeError) as err:
@@ -367,23 +382,7 @@ def _load_mnist_like(key: str, root: str, download: bool) -> tuple[_TensorPair, 
     def convert(ds: Any) -> _TensorPair:
         return ds.data.to(torch.uint8).unsqueeze(1).contiguous(), ds.targets.to(torch.int64)
 
-    return convert(cls(load_root, train=True)), convert(cls(load_root, train=False))
-
-
-def _materialise_idx(src: str, root: str, class_name: str) -> str:
-    """Decompress gzipped IDX files from ``src`` into ``<root>/<class_name>/raw``; returns the root used.
-
-    Falls back to :func:`data_root` (which is meant to be writable) when ``root`` cannot be written.
-    """
-    try:
-        _gunzip_idx(src, os.path.join(root, class_name, "raw"))
-        return root
-    except OSError:
-        fallback = data_root()
-        if os.path.abspath(fallback) == os.path.abspath(root):
-            raise
-        _gunzip_idx(src, os.path.join(fallback, class_name, "raw"))
-        return fallback
+    return convert(cls(root, train=True)), convert(cls(root, train=False))
 
 
 def _mnist_not_found(key: str, class_name: str, looked: Sequence[str], cause: str = "") -> FileNotFoundError:

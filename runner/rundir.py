@@ -561,6 +561,7 @@ def start(args: argparse.Namespace, config: dict | None = None) -> int:
 
     ``config`` (a comparison's run) replaces the config the flags would resolve to.
     """
+    parent_created = False
     if args.resume:
         run_dir = Path(args.resume)
         if not run_dir.is_dir():
@@ -580,6 +581,7 @@ def start(args: argparse.Namespace, config: dict | None = None) -> int:
         if (run_dir / "config.yaml").exists() or (run_dir / "evaluations.jsonl").exists():
             raise ConfigError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
         created = not run_dir.exists()
+        parent_created = not run_dir.parent.exists()  # runs/ made for this run: removed with it on an error
     owned = False  # only the process that held the lock may clean up (another run may own the directory)
     try:
         with locked(run_dir):
@@ -597,6 +599,9 @@ def start(args: argparse.Namespace, config: dict | None = None) -> int:
         if created and owned and not read_records(run_dir / "evaluations.jsonl") \
                 and not (run_dir / "summary.json").exists():
             shutil.rmtree(run_dir, ignore_errors=True)
+            if parent_created:
+                with contextlib.suppress(OSError):  # only when empty
+                    run_dir.parent.rmdir()
         raise
 
 

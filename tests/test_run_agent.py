@@ -157,3 +157,13 @@ def test_help_answers_without_importing_torch():
     assert done.returncode == 0 and "--env" in done.stdout
     imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if "|" in line}
     assert "torch" not in imported and "gymnasium" not in imported
+
+
+def test_a_missing_dataset_names_the_flags_and_leaves_nothing_behind(tmp_path):
+    empty = tmp_path / "nodata"
+    empty.mkdir()
+    done = subprocess.run([sys.executable, str(ROOT / "run_agent.py"), "--env", "removal-resnet20-cifar10", "--agent",
+                           "random", "--budget", "1", "--data-root", str(empty)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and "--download" in done.stderr and "--data-root" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nodata"]  # no runs/ folder left
