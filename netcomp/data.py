@@ -159,10 +159,14 @@ class Dataset:
 
 
 def data_root() -> str:
-    """Default data folder: ``$NETCOMP_DATA`` if set, else ``~/.cache/netcomp/data`` (not created here)."""
+    """Default data folder: ``$NETCOMP_DATA`` if set, else ``$NETCOMP_HOME/data`` (so moving the home moves
+    downloads too), else ``~/.cache/netcomp/data`` (not created here)."""
     env = os.environ.get("NETCOMP_DATA")
     if env:
         return os.path.expanduser(env)
+    home = os.environ.get("NETCOMP_HOME")
+    if home:
+        return os.path.join(os.path.expanduser(home), "data")
     return os.path.join(os.path.expanduser("~"), ".cache", "netcomp", "data")
 
 
@@ -258,7 +262,7 @@ def _not_found(
     if extra:
         lines.append(f"  - {extra}")
     lines.append("The data root is --data-root DIR (Python: root=...), else $NETCOMP_DATA, else "
-                 "~/.cache/netcomp/data.")
+                 "$NETCOMP_HOME/data, else ~/.cache/netcomp/data.")
     return FileNotFoundError("\n".join(lines))
 
 

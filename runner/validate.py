@@ -234,15 +234,28 @@ def format_row(r: dict) -> str:
 
 
 def validate_command(args: argparse.Namespace) -> int:
-    """``--validate RUN_DIR``: print recorded vs replayed rewards of the top students; 0 if all agree, else 1."""
-    run_dir = Path(args.validate)
+    """``--validate DIR``: print recorded vs replayed rewards (and figures) of the top students of a run, or of
+    every run of a comparison folder; 0 if all agree, else 1."""
+    folder = Path(args.validate)
+    if (folder / "compare.yaml").exists():
+        runs = sorted(p.parent for p in folder.glob("*/config.yaml"))
+        if not runs:
+            raise UserError(f"{folder} is a comparison with no run yet")
+        codes = [validate_one(args, run_dir) for run_dir in runs]
+        print(f"\n{sum(c == 0 for c in codes)}/{len(codes)} runs of {folder} agree")
+        return 0 if not any(codes) else 1
+    return validate_one(args, folder)
+
+
+def validate_one(args: argparse.Namespace, run_dir: Path) -> int:
+    """Validate one run directory (see :func:`validate_command`)."""
     config, _ = read_run(run_dir)
     check_device(args.device)
-    args.top = 5 if args.top is None else args.top
+    top = 5 if args.top is None else args.top
     device = resolve_device(args.device, config)
     tolerance = default_tolerance(device) if args.tolerance is None else float(args.tolerance)
-    print(f"validating {run_dir}: top {args.top} students, device {device}, tolerance {tolerance:g}")
-    rows = validate_run(run_dir, top=args.top, tolerance=tolerance, device=device, teacher=args.teacher,
+    print(f"validating {run_dir}: top {top} students, device {device}, tolerance {tolerance:g}")
+    rows = validate_run(run_dir, top=top, tolerance=tolerance, device=device, teacher=args.teacher,
                         data_root=args.data_root, download=args.download)
     print(f"{'index':>6}  {'recorded':>10}  {'replayed':>10}  {'|diff|':>9}  {'agree':>5}")
     for r in rows:

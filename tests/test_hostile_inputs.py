@@ -515,3 +515,26 @@ def test_a_typo_in_a_name_gets_did_you_mean(flag, typo, right, tiny_config, tmp_
     assert cli(*[x for kv in argv.items() for x in kv]) == 2
     assert f"did you mean {right!r}?" in _one_error_line(capsys)
     assert not (tmp_path / "x").exists()
+
+
+def test_validate_on_a_comparison_folder_validates_each_run(tiny_config, tmp_path, capsys):
+    out = _comparison(tmp_path, tiny_config)
+    capsys.readouterr()
+    assert cli("--validate", out, "--top", 1) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("validating ") == 2 and "2/2 runs of" in printed
+    records = read_records(out / "random-s1" / "evaluations.jsonl")
+    best = max(records, key=lambda r: r["reward"])
+    best["macs"] += 1
+    (out / "random-s1" / "evaluations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert cli("--validate", out, "--top", 1) == 1 and "1/2 runs of" in capsys.readouterr().out
+
+
+def test_netcomp_home_moves_downloaded_data_too(monkeypatch, tmp_path):
+    from netcomp.data import data_root
+
+    monkeypatch.delenv("NETCOMP_DATA", raising=False)
+    monkeypatch.setenv("NETCOMP_HOME", str(tmp_path / "home"))
+    assert data_root() == str(tmp_path / "home" / "data")
+    monkeypatch.setenv("NETCOMP_DATA", str(tmp_path / "data"))
+    assert data_root() == str(tmp_path / "data")
