@@ -88,16 +88,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int,
                    help="a comparison: run every --agent (comma-separated) with seeds 0..N-1 at the same budget, "
                         "teacher, fidelity and data, then write leaderboard.md/.csv, best_so_far.png, pareto.png")
+    p.add_argument("--targets",
+                   help="the operating-point protocol: every --agent x seed at each fraction of the teacher's MACs "
+                        "(or params), e.g. 0.5,0.25,0.125, then the same fine-tune for every kept student; writes "
+                        "protocol.md/.csv and curve.png")
+    p.add_argument("--target-metric", dest="target_metric", choices=("macs", "params"),
+                   help="with --targets: what the targets bound (default macs)")
+    p.add_argument("--no-scratch", dest="no_scratch", action="store_true", default=None,
+                   help="with --targets: no train-from-scratch rows")
     p.add_argument("--validate", metavar="RUN_DIR",
                    help="rebuild and re-score a run's top students; print recorded vs replayed rewards")
     p.add_argument("--top", type=int, help="with --validate: how many students (default 5)")
     p.add_argument("--tolerance", type=float, default=None,
                    help="with --validate: largest |recorded - replayed| reward that agrees (default: 0 on CPU)")
+    p.add_argument("--agent-config", dest="agent_config", action="append", metavar="LABEL=FILE",
+                   help="a comparison: that agent's own settings (a YAML mapping of its Config fields); repeatable. "
+                        "One agent may run twice under two labels: --agent random,random@b8 --agent-config "
+                        "random@b8=b8.yaml")
     p.add_argument("--study-storage", dest="study_storage",
                    help="the Optuna agents (tpe, cmaes, gp, nsga2): share one study with other runs through this "
                         "journal file or RDB URL (command line only; give it again on --resume)")
     p.add_argument("--list", action="store_true", help="list environments and agents")
     return p.parse_args(argv)
+
+
+def _is_protocol(resume: str | None) -> bool:
+    """Whether --resume names an operating-point protocol directory (it holds protocol.yaml)."""
+    return bool(resume) and (Path(resume) / "protocol.yaml").exists()
 
 
 def _is_comparison(resume: str | None) -> bool:
@@ -134,7 +151,14 @@ def check_flags(args: argparse.Namespace) -> None:
         raise UserError(f"--budget-seconds must be a number > 0, got {args.budget_seconds}")
     if args.agent is not None and not [a for a in args.agent.split(",") if a.strip()]:
         raise UserError(f"--agent {args.agent!r} names no agent")
-    if args.resume and not _is_comparison(args.resume) and args.seeds is not None:
+    comparison = args.seeds is not None or (args.agent and "," in args.agent) or _is_comparison(args.resume) \
+        or args.targets is not None or _is_protocol(args.resume)
+    if args.agent_config and not comparison:
+        raise UserError("--agent-config LABEL=FILE is for a comparison (--agent a,b or --seeds N); a single run "
+                        "takes its agent's settings from --config FILE (agent_config:)")
+    if (args.target_metric or args.no_scratch) and args.targets is None and not _is_protocol(args.resume):
+        raise UserError("--target-metric and --no-scratch go with --targets")
+    if args.resume and not _is_comparison(args.resume) and not _is_protocol(args.resume) and args.seeds is not None:
         raise UserError(f"--seeds starts a comparison; {args.resume} is one run: resume it without --seeds")
     if args.config and not args.resume and Path(args.config).is_dir():
         raise UserError(f"--config {args.config} is a folder; expected a YAML file")
@@ -154,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
             from runner.validate import validate_command
 
             return validate_command(args)
+        if args.targets is not None or _is_protocol(args.resume):
+            from runner.protocol import protocol_command
+
+            return protocol_command(args)
         if args.seeds is not None or (args.agent and "," in args.agent) or _is_comparison(args.resume):
             from runner.compare import compare_command
 

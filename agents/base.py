@@ -33,6 +33,9 @@ import torch
 from netcomp.arch import Arch, arch_from_dict, arch_to_dict
 from netcomp.surgery import save_student
 
+#: A seconds-only budget ends after this many evaluations in a row that cost no training seconds.
+FREE_LIMIT = 1000
+
 
 class BudgetExhausted(RuntimeError):
     """Raised when an agent asks for an evaluation after the budget is spent."""
@@ -69,11 +72,24 @@ class Budget:
         """Training seconds spent: the evaluations' plus those charged by the agent."""
         return self.eval_seconds + self.charged_seconds
 
+    #: evaluations in a row that cost no training seconds (cache hits, students invalid before training)
+    free_streak: int = 0
+
+    @property
+    def stalled(self) -> bool:
+        """A seconds-only budget that :data:`FREE_LIMIT` evaluations in a row did not spend: the agent keeps
+        asking for students that cost nothing (all over a target, all cached), so the budget would never end."""
+        return self.evaluations is None and self.free_streak >= FREE_LIMIT
+
+    def note_spent(self, seconds: float) -> None:
+        """Count one evaluation that cost ``seconds`` of training (0: free), for :attr:`stalled`."""
+        self.free_streak = 0 if seconds > 0 else self.free_streak + 1
+
     @property
     def exhausted(self) -> bool:
         out_of_evals = self.evaluations is not None and self.used >= self.evaluations
         out_of_time = self.seconds is not None and self.train_seconds >= self.seconds
-        return out_of_evals or out_of_time
+        return out_of_evals or out_of_time or self.stalled
 
     @property
     def left(self) -> int:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents.base import Agent
+from netcomp.checks import as_int
 
 
 @dataclass
@@ -21,9 +22,7 @@ class RandomConfig:
 
     def __post_init__(self) -> None:
         for name in ("batch", "tries"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            setattr(self, name, as_int("RandomConfig", name, getattr(self, name), 1))
 
 
 class RandomAgent(Agent):
@@ -49,19 +48,24 @@ class RandomAgent(Agent):
         while not self.budget.exhausted:
             # a seconds budget stops at the first evaluation past its limit: one at a time
             n = 1 if self.budget.seconds is not None else min(self.config.batch, self.budget.left)
-            self.evaluate_many([self.sample() for _ in range(n)])
+            draws = [self.sample() for _ in range(n)]
+            self.evaluate_many([action for action, _ in draws])
             self.checkpoint()
-
-    def sample(self) -> Any:
-        """One draw of the space's sampler; under a target, the first of ``tries`` draws whose student is at
-        or below it (else the last draw)."""
-        env = self.env.unwrapped
-        action = env.sample_action()
-        for _ in range(self.config.tries - 1):
-            if env.within_target(action):
+            if self.budget.evaluations is None and not all(feasible for _, feasible in draws):
+                # an over-target student trains nothing, so it would never spend a seconds-only budget
+                self.notes["stopped"] = (f"no student at or below the target in {self.config.tries} draws; a "
+                                         f"training-seconds budget cannot be spent on students that never train")
                 break
+
+    def sample(self) -> tuple[Any, bool]:
+        """One draw of the space's sampler and whether its student is feasible; under a target, the first of
+        ``tries`` draws whose student is at or below it (else the last draw, infeasible)."""
+        env = self.env.unwrapped
+        for _ in range(self.config.tries):
             action = env.sample_action()
-        return action
+            if env.within_target(action):
+                return action, True
+        return action, False
 
     def state(self) -> dict[str, Any]:
         return {**super().state(), "space_rng": self.env.action_space.np_random.bit_generator.state}

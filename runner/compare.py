@@ -66,9 +66,10 @@ COMPARE_FILE = "compare.yaml"
 SHARED_KEYS = ("budget", "budget_seconds", "fidelity", "device", "data_root", "download", "teacher", "workers",
                "ray_address", "threads", "export")
 #: compare.yaml's keys.
-SPEC_KEYS = ("env", "agents", "seeds", "preset", "run", "agent_sources")
+SPEC_KEYS = ("env", "agents", "seeds", "preset", "run", "agent_sources", "agent_configs")
 #: Flags a comparison's resume cannot take: they would change what it computes (or be ignored).
 FIXED_ON_RESUME = ("env", "seeds", "budget", "budget_seconds", "fidelity", "preset", "teacher", "config", "mode",
+                   "agent_config",
                    "load_policy", "seed", "threads", "trust_pickle", "top", "tolerance")
 #: "Reached 95% of its final best": the first evaluation whose best so far is within 5% of |final best|.
 REACH_FRACTION = 0.95
@@ -165,9 +166,10 @@ def comparison_spec(args: argparse.Namespace) -> dict[str, Any]:
         run["budget"] = None
     if run.get("threads") is None:  # one thread count for every run, recorded (numerics depend on it on CPU)
         run["threads"] = torch_threads_now()
-    sources = {a: agent_source(a) for a in agents if ":" in a}
+    sources = {agent_name(a): agent_source(agent_name(a)) for a in agents if ":" in a}
     return {"env": args.env, "agents": agents, "seeds": list(range(first, first + seeds)), "preset": args.preset,
-            "run": run, "agent_sources": sources}
+            "run": run, "agent_sources": sources,
+            "agent_configs": read_agent_configs(getattr(args, "agent_config", None), agents)}
 
 
 def _shared_config(path: str | None) -> dict[str, Any]:
@@ -197,6 +199,10 @@ def read_spec(out: Path) -> dict[str, Any]:
     if not (isinstance(seeds, list) and seeds and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
                                                       for x in seeds)) or len(set(seeds)) != len(seeds):
         raise ConfigError(f"{where}: seeds {seeds!r} is not a list of distinct integers >= 0")
+    configs = spec.get("agent_configs") or {}
+    if not isinstance(configs, dict) or set(configs) - set(agents) or not all(isinstance(v, dict)
+                                                                              for v in configs.values()):
+        raise ConfigError(f"{where}: agent_configs is not a mapping of the comparison's agents to settings")
     if spec.get("preset") is not None and not isinstance(spec["preset"], str):
         raise ConfigError(f"{where}: preset {spec['preset']!r} is not a preset name")
     run = spec.get("run")
@@ -219,7 +225,7 @@ def _resume_spec(out: Path, args: argparse.Namespace) -> dict[str, Any]:
                               f"{out / COMPARE_FILE}")
     if args.out and Path(args.out).resolve() != out.resolve():
         raise ConfigError(f"--out {args.out} with --resume {out}: a resumed comparison stays in its directory")
-    users = [a for a in spec["agents"] if ":" in a]
+    users = [agent_name(a) for a in spec["agents"] if ":" in a]
     given = [a.strip() for a in (args.agent or "").split(",") if a.strip()]
     if args.agent is not None and given != spec["agents"]:
         raise ConfigError(f"--agent {args.agent} differs from the comparison's agents {','.join(spec['agents'])}")
@@ -273,6 +279,34 @@ def _same_env_id(a: dict, b: dict) -> bool:
         return False
 
 
+def agent_name(label: str) -> str:
+    """The agent a comparison's label names: ``random@wide`` is ``random`` under the label ``random@wide`` (one
+    agent may run twice with different ``--agent-config`` settings)."""
+    name, at, tag = label.rpartition("@")
+    return name if at and tag and ":" not in tag and "/" not in tag else label
+
+
+def read_agent_configs(pairs: list[str] | None, labels: list[str]) -> dict[str, dict]:
+    """``--agent-config LABEL=FILE`` (repeatable): each file is a YAML mapping of that agent's settings (its
+    Config fields), data only; ConfigError for an unknown label, a bad pair or a file that is not a mapping."""
+    out: dict[str, dict] = {}
+    for pair in pairs or []:
+        label, eq, path = pair.partition("=")
+        if not eq or not label or not path:
+            raise ConfigError(f"--agent-config {pair!r} is not LABEL=FILE")
+        if label not in labels:
+            raise ConfigError(f"--agent-config {pair!r}: {label!r} is not one of --agent {','.join(labels)}")
+        data = read_yaml_file(path, "--agent-config") or {}
+        if isinstance(data, dict) and set(data) == {"agent_config"}:
+            data = data["agent_config"] or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"--agent-config {path} is not a mapping of the agent's settings")
+        if "study_storage" in data:
+            raise ConfigError(f"--agent-config {path}: study_storage can only be given on the command line")
+        out[label] = data
+    return out
+
+
 def run_label(agent: str, seed: int) -> str:
     """A run's directory name: the agent (a user's FILE.py:Class by its class) and the seed."""
     return f"{agent.rpartition(':')[2]}-s{seed}"
@@ -287,10 +321,13 @@ def run_configs(spec: dict[str, Any]) -> dict[tuple[str, int], dict]:
     configs, problems, bases = {}, [], {}
     for agent in spec["agents"]:
         try:
-            preset = spec["preset"] if spec["preset"] and _has_preset(agent, spec["preset"]) else None
-            bases[agent] = resolve_config(argparse.Namespace(env=spec["env"], agent=agent, config=None, preset=preset,
+            name = agent_name(agent)
+            preset = spec["preset"] if spec["preset"] and _has_preset(name, spec["preset"]) else None
+            bases[agent] = resolve_config(argparse.Namespace(env=spec["env"], agent=name, config=None, preset=preset,
                                                              download=False))
             bases[agent]["preset"] = preset
+            own = (spec.get("agent_configs") or {}).get(agent) or {}
+            bases[agent]["agent_config"] = {**bases[agent]["agent_config"], **own}
         except (ValueError, FileNotFoundError) as exc:
             problems.append(f"{agent}: {exc}")
     shared = {"--config": {"run": {k: spec["run"].get(k) or {} for k in ("env_kwargs", "dataset_kwargs")}}}

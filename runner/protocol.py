@@ -2,7 +2,7 @@
 than the same teacher, after the same fine-tune, and what did its search cost?
 
 ``python run_agent.py --env ENV --agent a,b,... --seeds N --targets 0.5,0.25,0.125 [--target-metric macs|params]
-[--budget B | --budget-seconds S]`` (until those flags exist: ``python -m runner.protocol`` with the same flags)
+[--budget B | --budget-seconds S]``
 runs every agent x seed x target as ordinary run directories, each with the env option ``target`` set to
 ``{metric: fraction}`` (a student above it is invalid before anything trains; the default reward is then the
 validation accuracy), in ``DIR/t<fraction>/<agent>-s<seed>/``. Each ``DIR/t<fraction>/`` is an ordinary
@@ -55,18 +55,18 @@ from runner.compare import (
     run_label,
     run_result,
 )
-from runner.recorder import read_records
+from runner.recorder import best, read_records
 from runner.report import save_figure
 from runner.rundir import (
     CLI_ONLY,
     RUN_DEFAULTS,
     AgentOverspent,
     ConfigError,
-    best_valid,
     check_out,
     locked,
     read_yaml_file,
     torch_threads,
+    user_input,
 )
 
 PROTOCOL_FILE = "protocol.yaml"
@@ -86,18 +86,13 @@ COLUMNS = (("MACs / teacher", "macs_fraction", "{:.3f}"), ("params / teacher", "
 # ---------------------------------------------------------------------------- the command
 def protocol_command(args: argparse.Namespace) -> int:
     """Run (or resume) a protocol and print its table; 0 when every run finished."""
-    out, specs, protocol = _start_or_resume(args)
-    configs = {target: run_configs(spec) for target, spec in specs.items()}  # every agent checked first
-    for per_target in configs.values():
-        for config in per_target.values():  # the protocol's fine-tune replaces the shared final training
-            config["run"].update(save_best=False, shared_final=False)
+    with user_input():  # flags, configs and saved specs: a bad value is one line, exit 2
+        out, specs, protocol = _start_or_resume(args)
+        configs = protocol_configs(specs)  # every agent checked before anything trains
     with locked(out):
         remove_stale_temporaries(out)
         if not (out / PROTOCOL_FILE).exists():
-            for target, spec in specs.items():  # as a comparison saves it: no command-line-only setting
-                saved = {**spec, "run": {**spec["run"], **{k: RUN_DEFAULTS[k] for k in CLI_ONLY if k in spec["run"]}}}
-                write_text_atomic(out / target_label(target) / COMPARE_FILE, yaml.safe_dump(saved, sort_keys=False))
-            write_text_atomic(out / PROTOCOL_FILE, yaml.safe_dump(protocol, sort_keys=False))  # last: a marker
+            _write_specs(out, specs, protocol)
         _check_unmixed(out, configs)
         replays: dict[str, Any] = {}
         cells = [(t, agent, seed, config) for t, per in configs.items() for (agent, seed), config in per.items()]
@@ -113,9 +108,29 @@ def protocol_command(args: argparse.Namespace) -> int:
         for env in replays.values():
             env.close()
         rows = write_protocol(out, protocol, next(iter(specs.values())))
+        (out / "lock").unlink(missing_ok=True)  # a finished protocol holds no lock file (as a finished run)
     print(f"\nProtocol ({out}):")
     print(markdown_table(rows))
     return 0
+
+
+def protocol_configs(specs: dict[float, dict]) -> dict[float, dict[tuple[str, int], dict]]:
+    """Every run's resolved config, per target (:func:`runner.compare.run_configs`), without the shared final
+    training: the protocol's fine-tune replaces it."""
+    configs = {target: run_configs(spec) for target, spec in specs.items()}
+    for per_target in configs.values():
+        for config in per_target.values():
+            config["run"].update(save_best=False, shared_final=False)
+    return configs
+
+
+def _write_specs(out: Path, specs: dict[float, dict], protocol: dict[str, Any]) -> None:
+    """Each target directory's compare.yaml (as a comparison saves it: no command-line-only setting), then
+    protocol.yaml, the marker of a protocol that may be resumed."""
+    for target, spec in specs.items():
+        saved = {**spec, "run": {**spec["run"], **{k: RUN_DEFAULTS[k] for k in CLI_ONLY if k in spec["run"]}}}
+        write_text_atomic(out / target_label(target) / COMPARE_FILE, yaml.safe_dump(saved, sort_keys=False))
+    write_text_atomic(out / PROTOCOL_FILE, yaml.safe_dump(protocol, sort_keys=False))
 
 
 def _start_or_resume(args: argparse.Namespace) -> tuple[Path, dict[float, dict], dict[str, Any]]:
@@ -168,7 +183,7 @@ def parse_targets(text: str | list) -> list[float]:
         except (TypeError, ValueError):
             raise ConfigError(f"--targets {text!r}: {part!r} is not a fraction of the teacher's in (0, 1]") from None
         targets.append(value)
-    if len(set(targets)) != len(targets):
+    if len({target_label(t) for t in targets}) != len(targets):  # one directory each
         raise ConfigError(f"--targets {text!r} lists a target twice")
     return targets
 
@@ -216,10 +231,10 @@ def finetune_cell(run_dir: Path, config: dict, metric: str, target: float, scrat
     ``<run>/protocol.json`` (reused while the best student, target, scratch setting and recipe are the same). A
     run with no such student is ``missed``, with the reason. ``replays`` caches the envs students are rebuilt on."""
     records = read_records(run_dir / "evaluations.jsonl")
-    best = best_valid(records)
-    key = {"target": {metric: target}, "index": None if best is None else best["index"],
-           "arch_key": None if best is None else best.get("arch_key"), "scratch": scratch,
-           "recipe": None if best is None else _recipe(config, best)}
+    chosen = best(records, valid_only=True)
+    key = {"target": {metric: target}, "index": None if chosen is None else chosen["index"],
+           "arch_key": None if chosen is None else chosen.get("arch_key"), "scratch": scratch,
+           "recipe": None if chosen is None else _recipe(chosen, config, replays)}
     path = run_dir / CELL_FILE
     if path.exists():
         kept = json.loads(path.read_text())
@@ -228,51 +243,49 @@ def finetune_cell(run_dir: Path, config: dict, metric: str, target: float, scrat
     result = run_result(config["agent"], config["run"]["seed"], run_dir)
     cell: dict[str, Any] = {"key": key, "search_seconds": result.train_seconds if result else None,
                             "comparable": bool(result.comparable) if result else True}
-    if best is None:
+    if chosen is None:
         cell["missed"] = f"no valid student at or below {metric} {target:g} x the teacher's in {len(records)} " \
                          f"evaluations"
     else:
-        cell.update(_finetune_best(best, run_dir, config, metric, target, scratch, replays))
+        cell.update(_finetune_record(chosen, run_dir, config, metric, target, scratch, replays))
     write_text_atomic(path, json.dumps(cell, indent=1, default=str))
     return cell
 
 
-def _finetune_best(best: dict, run_dir: Path, config: dict, metric: str, target: float, scratch: bool,
-                   replays: dict[str, Any]) -> dict[str, Any]:
-    """The best record's student, checked against the target by the engine's counters, after the protocol
-    fine-tune (from its inherited or submitted weights, and with ``scratch`` from re-initialised ones)."""
+def _finetune_record(record: dict, run_dir: Path, config: dict, metric: str, target: float, scratch: bool,
+                     replays: dict[str, Any]) -> dict[str, Any]:
+    """A record's student, checked against the target by the engine's counters, after the protocol fine-tune
+    (from its inherited or submitted weights, and with ``scratch`` from re-initialised ones)."""
     import torch
 
-    env = replay_env(best, config, replays)
+    env = replay_env(record, config, replays)
     evaluator = env.unwrapped.evaluator
-    student = student_of(best, env)
+    student = student_of(record, env)
     over = evaluator.target_problem(student, {metric: target})
     if over is not None:
-        return {"missed": f"record {best['index']}: {over}"}
+        return {"missed": f"record {record['index']}: {over}"}
     weights = None
-    if best.get("weights"):
-        weights = torch.load(run_dir / best["weights"], map_location="cpu", weights_only=True)
-    seed = int(best["replay"]["train_seed"])
+    if record.get("weights"):
+        weights = torch.load(run_dir / record["weights"], map_location="cpu", weights_only=True)
+    seed = int(record["replay"]["train_seed"])
     reports = {}
     with torch_threads(int(config["run"]["threads"])):
         for start in STARTS if scratch else STARTS[:1]:
             reports[start] = evaluator.train_protocol(student, weights, seed=seed, scratch=start == "scratch")[1]
-    return {"index": best["index"], "search_reward": best["reward"], "search_accuracy": best.get("accuracy"),
+    return {"index": record["index"], "search_reward": record["reward"], "search_accuracy": record.get("accuracy"),
             "reports": reports}
 
 
-def _recipe(config: dict, record: dict) -> dict[str, Any]:
-    """The protocol recipe a record's student is fine-tuned with now (a cached fine-tune of another recipe,
-    after the fidelity file changed, is redone)."""
-    from netcomp.evaluator import load_fidelity
-
-    return load_fidelity(config["run"]["fidelity"], record.get("space")).protocol_recipe().to_dict()
+def _recipe(record: dict, config: dict, replays: dict[str, Any]) -> dict[str, Any]:
+    """The protocol recipe a record's student is fine-tuned with now, by its env's fidelity (a cached
+    fine-tune of another recipe, after the fidelity file changed, is redone)."""
+    return replay_env(record, config, replays).unwrapped.evaluator.fidelity.protocol_recipe().to_dict()
 
 
 def replay_env(record: dict, config: dict, replays: dict[str, Any]) -> Any:
     """The env a record was scored on, remade from its replay spec without the run's cache (one per spec),
     on the run's device; ConfigError when its teacher is not the recorded one."""
-    from runner.validate import choose_teacher, env_key, make_replay_env, teacher_mismatch
+    from runner.validate import choose_teacher, env_key, make_replay_env, resolve_device, teacher_mismatch
 
     replay = record.get("replay")
     if not isinstance(replay, dict) or "env_id" not in replay:
@@ -281,19 +294,13 @@ def replay_env(record: dict, config: dict, replays: dict[str, Any]) -> Any:
     if key not in replays:
         run = config["run"]
         with torch_threads(int(run["threads"])):
-            env = make_replay_env(replay, _device(run), run.get("data_root"), bool(run.get("download")),
+            env = make_replay_env(replay, resolve_device(None, config), run.get("data_root"), bool(run.get("download")),
                                   choose_teacher(None, config, replay))
         mismatch = teacher_mismatch(env, replay)
         if mismatch:
             raise ConfigError(f"cannot fine-tune record {record['index']}: {mismatch}")
         replays[key] = env
     return replays[key]
-
-
-def _device(run: dict) -> str:
-    from envs.base import default_device
-
-    return run.get("device") or default_device()
 
 
 def student_of(record: dict, env: Any) -> Any:
@@ -465,40 +472,3 @@ def _draw(ax: Any, rows: list[dict[str, Any]], x: str, colours: dict[str, Any]) 
                         xerr=[r[f"{x}_std"] for r in rows], yerr=[r["test_accuracy_std"] for r in rows],
                         capsize=3, label=row_label(rows[0]), **style)
     colours.setdefault(agent, drawn[0].get_color())
-
-
-# ---------------------------------------------------------------------------- until run_agent.py has the flags
-def parse_flags(argv: list[str] | None) -> argparse.Namespace:
-    """run_agent.py's flags plus ``--targets``, ``--target-metric`` and ``--no-scratch``."""
-    import run_agent
-
-    own = argparse.ArgumentParser(add_help=False)
-    own.add_argument("--targets", help="fractions of the teacher's MACs (or params) to reach: 0.5,0.25,0.125")
-    own.add_argument("--target-metric", dest="target_metric", choices=TARGET_METRICS)
-    own.add_argument("--no-scratch", dest="no_scratch", action="store_true", default=None,
-                     help="no train-from-scratch rows")
-    mine, rest = own.parse_known_args(argv)
-    args = run_agent.parse_args(rest)
-    for key, value in vars(mine).items():
-        setattr(args, key, value)
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m runner.protocol`` with run_agent.py's flags plus --targets: 0, or 2 with one line on stderr
-    for bad input."""
-    import sys
-
-    import run_agent
-
-    try:
-        args = parse_flags(argv)
-        run_agent.check_flags(args)
-        return protocol_command(args)
-    except run_agent.USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -199,7 +199,7 @@ class Recorder(gym.Wrapper):
             raise BudgetExhausted(f"asked for {n} evaluations with {budget.left} left ({describe_budget(budget)})")
 
     def _record(self, reward: float, info: dict, action: Any, cached: bool, extra: dict | None = None) -> None:
-        index = self.budget.used
+        index, before = self.budget.used, self.budget.train_seconds
         self.budget.used += 1
         if not cached:  # a cache hit trained nothing: it costs no training seconds
             self.budget.eval_seconds += float(info.get("eval_seconds") or 0.0)
@@ -214,7 +214,8 @@ class Recorder(gym.Wrapper):
                        "threads": torch.get_num_threads()},
             **(extra or {}),
         }
-        self.log.add(record)
+        self.log.add(record)  # (a resume's replay charges the recorded seconds in a callback here)
+        self.budget.note_spent(self.budget.train_seconds - before)
 
     @property
     def best(self) -> dict | None:

@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from agents.base import Budget, BudgetExhausted
+from agents.base import FREE_LIMIT, Budget, BudgetExhausted
 from netcomp.errors import UserError
 from netcomp.files import remove_stale_temporaries, torch_save_atomic, write_text_atomic
 from runner.recorder import RunLog, best, read_records
@@ -470,7 +470,8 @@ def build(config: dict, run_dir: Path, log: RunLog, agent_cls: type, pool: Any =
 def save_checkpoint(agent: Any, run_dir: Path) -> None:
     """Agent state, the evaluation count and the seconds the agent charged, written atomically."""
     torch_save_atomic({"agent": agent.state(), "evaluations": agent.budget.used,
-                       "charged_seconds": agent.budget.charged_seconds}, run_dir / "checkpoint.pt")
+                       "charged_seconds": agent.budget.charged_seconds, "free_streak": agent.budget.free_streak},
+                      run_dir / "checkpoint.pt")
 
 
 def best_valid(records: list[dict]) -> dict | None:
@@ -609,7 +610,8 @@ def _budget_of(config: dict, checkpoint: dict | None) -> Budget:
     run = config["run"]
     return Budget(None if run["budget"] is None else int(run["budget"]), run.get("budget_seconds"),
                   used=checkpoint["evaluations"] if checkpoint else 0,
-                  charged_seconds=float(checkpoint.get("charged_seconds", 0.0)) if checkpoint else 0.0)
+                  charged_seconds=float(checkpoint.get("charged_seconds", 0.0)) if checkpoint else 0.0,
+                  free_streak=int(checkpoint.get("free_streak", 0)) if checkpoint else 0)
 
 
 def _missing(run_dir: Path, config: dict) -> list[str]:
@@ -939,6 +941,7 @@ def finish(config: dict, run_dir: Path, agent: Any, log: RunLog, resumed: bool, 
         "charged_seconds": budget.charged_seconds, "wall_seconds": seconds, "resumed": resumed,
         "threads": config["run"].get("threads"),
         "comparable": not problems, "not_comparable": problems, "overspent": overspent,
+        "stalled": budget.stalled,
         "best": best(records), "best_student": best_meta,
         "shared_final": shared, "exported": exported,
         "notes": {k: v for k, v in agent.notes.items() if k != "final"},
@@ -950,6 +953,9 @@ def finish(config: dict, run_dir: Path, agent: Any, log: RunLog, resumed: bool, 
         print("\nbest student:", json.dumps({k: v for k, v in best_meta.items() if k != "arch"}, default=str))
     for problem in problems:
         print(f"warning: this run is not comparable: {problem}")
+    if budget.stalled:
+        print(f"warning: the run stopped after {FREE_LIMIT} evaluations in a row that cost no training seconds "
+              f"(all over the target, invalid or cached): its seconds budget would never have been spent")
     if overspent:
         raise AgentOverspent(overspent)
     return 0

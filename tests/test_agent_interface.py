@@ -96,3 +96,27 @@ def test_an_agent_that_counts_evaluations_refuses_a_seconds_only_budget():
         check_budget_units(N2NAgent, Budget(seconds=60))
     check_budget_units(N2NAgent, Budget(10, seconds=60))
     check_budget_units(_Probe, Budget(seconds=60))
+
+
+def test_a_seconds_only_budget_ends_when_evaluations_stop_costing_anything(tiny):
+    """An agent that only asks for students that cost no training (cache hits, invalid ones) under a seconds-only
+    budget would never spend it: the budget stalls after FREE_LIMIT such evaluations in a row."""
+    import gymnasium as gym
+    import numpy as np
+
+    import envs  # noqa: F401
+    from agents.base import FREE_LIMIT, Budget
+    from runner.recorder import Recorder
+
+    env = Recorder(gym.make("netcomp/removal-resnet20-synthetic-v0", **tiny), Budget(None, 1e9))
+    env.reset(seed=0)
+    teacher_action = np.ones(env.action_space.n, dtype=np.int8)  # the teacher itself: invalid, trains nothing
+    asked = 0
+    while not env.budget.exhausted:
+        env.evaluate_many([teacher_action] * 50)
+        asked += 50
+    assert env.budget.stalled and asked == FREE_LIMIT and env.budget.train_seconds == 0
+    budget = Budget(None, 10.0)
+    budget.note_spent(0.0)
+    budget.note_spent(0.5)  # any spending resets the streak
+    assert budget.free_streak == 0

@@ -189,3 +189,25 @@ def test_the_leaderboard_hypervolume_is_each_runs_front_hypervolume_averaged(tmp
     assert [r.hypervolume for r in results] == pytest.approx([0.31, 0.45])
     row = leaderboard(results)[0]
     assert row["hypervolume_mean"] == pytest.approx(0.38) and row["hypervolume_n"] == 2
+
+
+def test_one_agent_twice_under_two_labels_with_its_own_settings(tmp_path, capsys):
+    from runner.registry import get_agent  # noqa: F401 (the registry resolves the label's agent)
+    from tests.conftest import TINY, cli
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"run": {"fidelity": "smoke", "threads": 1, "export": False,
+                                              "dataset_kwargs": dict(TINY)}}))
+    (tmp_path / "b1.yaml").write_text(yaml.safe_dump({"batch": 1}))
+    out = tmp_path / "cmp"
+    assert cli("--env", "removal-resnet20-synthetic", "--agent", "random,random@b1", "--seeds", 1, "--budget", 2,
+               "--config", config, "--agent-config", f"random@b1={tmp_path / 'b1.yaml'}", "--out", out) == 0
+    saved = {label: yaml.safe_load((out / f"{label}-s0" / "config.yaml").read_text())
+             for label in ("random", "random@b1")}
+    assert saved["random"]["agent"] == saved["random@b1"]["agent"] == "random"
+    assert saved["random@b1"]["agent_config"]["batch"] == 1 and saved["random"]["agent_config"].get("batch") != 1
+    board = (out / "leaderboard.md").read_text()
+    assert "| random |" in board and "| random@b1 |" in board
+    assert cli("--resume", out) == 0  # the saved settings match: resumes as finished
+    assert cli("--env", "removal-resnet20-synthetic", "--agent", "random", "--agent-config",
+               f"random={tmp_path / 'b1.yaml'}", "--out", tmp_path / "one") == 2

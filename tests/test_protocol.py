@@ -22,9 +22,8 @@ from netcomp.arch import arch_from_dict
 from netcomp.evaluator import check_target, load_fidelity
 from netcomp.metrics import count_macs
 from netcomp.surgery import build_module
-from runner.protocol import main
 from runner.recorder import Recorder, read_records
-from tests.conftest import TINY
+from tests.conftest import TINY, cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,9 +72,10 @@ def test_ranking_affine_prunes_to_the_targets_macs(tiny):
 
 # ---------------------------------------------------------------------------- random search
 def _random_run(env, budget, **config):
-    recorder = Recorder(env, Budget(budget))
-    RandomAgent(recorder, make_config(RandomConfig, config), seed=0).run()
-    return recorder.records
+    recorder = Recorder(env, budget)
+    agent = RandomAgent(recorder, make_config(RandomConfig, config), seed=0)
+    agent.run()
+    return recorder.records, agent.notes
 
 
 def test_random_search_samples_only_feasible_students_under_a_target(tiny):
@@ -84,13 +84,27 @@ def test_random_search_samples_only_feasible_students_under_a_target(tiny):
     base = env.unwrapped
     base.action_space.seed(0)
     assert not all(base.within_target(base.sample_action()) for _ in range(20))  # the plain sampler goes over
-    records = _random_run(env, 6)
+    records, _ = _random_run(env, Budget(6))
     assert len(records) == 6 and all(r["valid"] and r["macs"] <= 0.25 * r["teacher_macs"] for r in records)
     impossible = _env(tiny, target={"macs": 0.001})
     impossible.reset(seed=0)
-    records = _random_run(impossible, 3, tries=2)                   # cannot tell a feasible one: falls back
+    records, _ = _random_run(impossible, Budget(3), tries=2)       # cannot tell a feasible one: falls back
+    assert len(records) == 3
     assert all(r["invalid_reason"].startswith("over target") and r["eval_seconds"] == 0.0 for r in records)
     assert impossible.unwrapped.evaluator.trainings == 0
+    records, notes = _random_run(impossible, Budget(seconds=5.0), tries=2)  # seconds nothing would ever spend
+    assert len(records) == 1 and "no student at or below the target" in notes["stopped"]
+
+
+def test_esnac_proposes_only_feasible_candidates_under_a_target(tiny):
+    from baselines.esnac import ESNACAgent, ESNACConfig
+
+    env = Recorder(_env(tiny, "netcomp/edit-resnet20-synthetic-v0", target={"macs": 0.1}), Budget(4))
+    env.reset(seed=0)
+    base = env.unwrapped
+    assert not all(base.within_target(base.sample_action(np.random.default_rng(0))) for _ in range(10))
+    agent = ESNACAgent(env, ESNACConfig(candidates=10), seed=0)
+    assert all(base.within_target(agent.propose()) for _ in range(3))
 
 
 # ---------------------------------------------------------------------------- the protocol fine-tune
@@ -131,21 +145,25 @@ def resumed(tmp_path_factory):
     (directory, the finished cells' files before the resume)."""
     root = tmp_path_factory.mktemp("protocol")
     config = root / "tiny.yaml"
-    config.write_text(yaml.safe_dump({"run": {"fidelity": "smoke", "threads": 1, "dataset_kwargs": dict(TINY)}}))
+    config.write_text(yaml.safe_dump({"run": {"fidelity": "smoke", "threads": 1, "export": False,
+                                              "dataset_kwargs": dict(TINY)}}))
     out = root / "p"
-    cmd = [sys.executable, "-m", "runner.protocol", *_protocol_args(out, str(config))]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=open("/tmp/pt/sub.log", "w"), stderr=subprocess.STDOUT)
-    first_two = [out / "t0.5" / f"random-s{s}" / "protocol.json" for s in (0, 1)]
-    deadline = time.time() + 300
-    while not all(p.exists() for p in first_two) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert all(p.exists() for p in first_two), "the protocol did not finish its first cells"
+    cmd = [sys.executable, str(ROOT / "run_agent.py"), *_protocol_args(out, str(config))]
+    log = root / "killed.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+        first_two = [out / "t0.5" / f"random-s{s}" / "protocol.json" for s in (0, 1)]
+        deadline = time.time() + 300
+        while not all(p.exists() for p in first_two) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert all(p.exists() for p in first_two), f"the protocol did not finish its first cells: {log.read_text()[-3000:]}"
     assert not (out / "protocol.md").exists(), "the protocol finished before it was killed"
     finished = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in first_two for p in
                 (p, p.parent / "summary.json", p.parent / "evaluations.jsonl")}
-    assert main(["--resume", str(out)]) == 0
+    assert cli("--resume", str(out)) == 0
     return out, finished, str(config)
 
 
@@ -161,6 +179,7 @@ def test_a_protocol_writes_one_row_per_target_agent_and_weights(resumed):
     out, _, _ = resumed
     for name in ("protocol.yaml", "protocol.md", "protocol.csv", "curve.png", "t0.5/compare.yaml"):
         assert (out / name).stat().st_size > 0, name
+    assert not (out / "lock").exists()                                  # a finished protocol holds no lock
     rows = list(csv.DictReader((out / "protocol.csv").open()))
     assert sorted((float(r["target"]), r["agent"], r["weights"]) for r in rows) == sorted(
         (t, a, w) for t in TARGETS for a in AGENTS for w in ("inherited", "scratch"))
@@ -193,11 +212,11 @@ def test_every_student_in_the_table_is_at_or_below_its_target_by_the_engines_cou
 
 def test_a_protocol_refuses_changes_on_resume_and_bad_targets(resumed, tmp_path, capsys):
     out, _, config = resumed
-    assert main(["--resume", str(out), "--targets", "0.5"]) == 2
+    assert cli("--resume", str(out), "--targets", "0.5") == 2
     assert "cannot change the protocol" in capsys.readouterr().err
-    assert main(_protocol_args(out, config)) == 2
+    assert cli(*_protocol_args(out, config)) == 2
     assert "already holds a protocol" in capsys.readouterr().err
     bad = _protocol_args(tmp_path / "p", config)
     bad[bad.index("--targets") + 1] = "0.5,2"
-    assert main(bad) == 2 and "'2' is not a fraction" in capsys.readouterr().err
+    assert cli(*bad) == 2 and "'2' is not a fraction" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
