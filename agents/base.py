@@ -210,6 +210,31 @@ class Agent(ABC):
         if self.on_checkpoint is not None:
             self.on_checkpoint()
 
+    def provenance(self) -> dict[str, Any]:
+        """What a saved policy was trained on (written into the policy file, printed when another run loads
+        it): the teacher's arch and dataset, the space, mode and reward, the fidelity, the agent and the
+        episodes (evaluations) it learned from."""
+        base = self.env.unwrapped
+        return {"agent": self.name, "teacher": str(base.arch.family), "dataset": base.evaluator.dataset.name,
+                "space": base.space, "mode": base.mode, "reward": getattr(base, "reward_name", None),
+                "fidelity": base.fidelity.name, "episodes": int(self.budget.used)}
+
+    def check_provenance(self, path: str | Path, saved: dict[str, Any] | None) -> None:
+        """Print what a loaded policy was trained on; ValueError when it was trained on another space or mode,
+        where its actions would mean something else even if the shapes fit."""
+        if not saved:
+            print(f"loading the policy {path} (it records no provenance)")
+            return
+        print(f"loading the policy {path}: trained by {saved.get('agent')} on {saved.get('teacher')} / "
+              f"{saved.get('dataset')}, space {saved.get('space')} ({saved.get('mode')}), reward "
+              f"{saved.get('reward')}, fidelity {saved.get('fidelity')}, {saved.get('episodes')} episodes")
+        here = self.provenance()
+        for key in ("space", "mode"):
+            if saved.get(key) is not None and saved[key] != here[key]:
+                raise ValueError(f"the policy {path} was trained on {key} {saved[key]!r}; this run's is "
+                                 f"{here[key]!r}: its actions would not mean the same here")
+        self.notes["transferred_provenance"] = saved
+
     def save_policy(self, path: str | Path) -> None:
         """Write the learned policy (``has_policy`` agents), loadable with ``torch.load(weights_only=True)``."""
         raise NotImplementedError(f"agent {self.name!r} has no policy to save")

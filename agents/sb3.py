@@ -123,7 +123,8 @@ class SB3Agent(Agent):
     def save_policy(self, path: str | Path) -> None:
         """The policy's weights and what they expect (loadable with weights_only=True)."""
         meta = {"observation_shape": list(self.env.observation_space.shape),
-                "action_space": repr(self.env.action_space), "policy_class": self.config.policy}
+                "action_space": repr(self.env.action_space), "policy_class": self.config.policy,
+                "provenance": self.provenance()}
         torch_save_atomic({"format": SB3_FORMAT, "algorithm": self.algorithm.__name__,
                            "policy": self.model.policy.state_dict(), "meta": meta}, Path(path))
 
@@ -140,6 +141,7 @@ class SB3Agent(Agent):
             blob = torch.load(path, map_location="cpu", weights_only=True)
             if not isinstance(blob, dict) or blob.get("format") != SB3_FORMAT or "policy" not in blob:
                 raise ValueError(f"{path} is not an SB3 policy file of netcomp (format {SB3_FORMAT})")
+            self.check_provenance(path, (blob.get("meta") or {}).get("provenance"))
             try:
                 self.model.policy.load_state_dict(blob["policy"])
             except RuntimeError as exc:

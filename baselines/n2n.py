@@ -597,7 +597,8 @@ class N2NAgent(Agent):
         """Fine-tune the best student found and report it on the TEST split; sets ``notes['final']``.
 
         The search keeps no trained weights, so the student starts as it did when it was scored (the env's
-        inheritance mode: re-initialised for N2N) and trains ``finetune_epochs`` with the teacher's logits.
+        inheritance mode: re-initialised as N2N's children by default, the teacher's surviving weights at the
+        ``rank`` fidelity, the runs' default) and trains ``finetune_epochs`` with the teacher's logits.
         Writes ``run_dir/best_student.pt`` ({arch, state_dict, meta}, loadable with weights_only=True).
         """
         if self.best is None:
@@ -618,7 +619,7 @@ class N2NAgent(Agent):
             "shrinkage": self.shrink_policy.state_dict(),
             "meta": {"features": self.features, "hidden": self.config.hidden, "lstm_layers": self.config.lstm_layers,
                      "n_shrink_actions": self.n_shrink_actions, "teacher": str(self.env.unwrapped.arch.family),
-                     "epochs": {s: p["epoch"] for s, p in self.progress.items()}},
+                     "epochs": {s: p["epoch"] for s, p in self.progress.items()}, "provenance": self.provenance()},
         }, Path(path))
 
     def student_of(self, record: dict) -> Arch | None:
@@ -634,6 +635,7 @@ class N2NAgent(Agent):
         blob = torch.load(Path(path), map_location="cpu", weights_only=True)
         if not isinstance(blob, dict) or blob.get("format") != POLICY_FORMAT:
             raise ValueError(f"{path} is not an N2N policy file (format {POLICY_FORMAT})")
+        self.check_provenance(path, (blob.get("meta") or {}).get("provenance"))
         try:
             self.removal_policy.load_state_dict(blob["removal"])
             if blob.get("shrinkage") is not None:

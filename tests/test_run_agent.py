@@ -167,3 +167,23 @@ def test_a_missing_dataset_names_the_flags_and_leaves_nothing_behind(tmp_path):
                           text=True, timeout=120)
     assert done.returncode == 2 and "--download" in done.stderr and "--data-root" in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nodata"]  # no runs/ folder left
+
+
+def test_a_ppo_sequential_policy_transfers_to_a_deeper_teacher_and_a_mismatch_is_refused(tiny_config, tmp_path,
+                                                                                       capsys):
+    small = tmp_path / "r20"
+    assert run("--env", "removal-resnet20-synthetic", "--agent", "ppo", "--budget", 2, "--config", tiny_config,
+               "--out", small) == 0
+    saved = torch.load(small / "policy.pt", weights_only=True)["meta"]["provenance"]
+    assert saved["teacher"] == "resnet20" and saved["space"] == "removal" and saved["mode"] == "sequential"
+    capsys.readouterr()
+    big = tmp_path / "r32"
+    assert run("--env", "removal-resnet32-synthetic", "--agent", "ppo", "--budget", 2, "--config", tiny_config,
+               "--load-policy", small / "policy.pt", "--out", big) == 0
+    printed = capsys.readouterr().out
+    assert "trained by ppo on resnet20 / synthetic, space removal (sequential)" in printed
+    notes = json.loads((big / "summary.json").read_text())["notes"]
+    assert notes["transferred_from"] == str(small / "policy.pt") and notes["transferred_provenance"] == saved
+    wrong = run("--env", "removal-resnet32-synthetic", "--agent", "ppo", "--mode", "oneshot", "--budget", 2,
+                "--config", tiny_config, "--load-policy", small / "policy.pt", "--out", tmp_path / "x")
+    assert wrong == 2 and "trained on mode 'sequential'" in capsys.readouterr().err
