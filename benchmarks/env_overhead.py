@@ -6,12 +6,13 @@ building the module on the evaluator's device and inheriting per mode (``reinit`
 ``indices``), the median of ``--repeats`` runs after one warm-up. Why: issue "Scale" asks for an env
 overhead under 20 ms per step for ResNet-34; this prints where the time goes.
 
-    python benchmarks/env_overhead.py [--arch resnet34] [--device cuda] [--repeats 5]
+    python benchmarks/env_overhead.py [--arch resnet34] [--device cuda] [--repeats 5] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--arch", default="resnet34")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--json", type=Path, default=None, help="write the milliseconds (and the device) here")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     teacher_arch = build_arch(args.arch, 3, 32, 10)
@@ -63,6 +65,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for name, ms in rows.items():
         print(f"  {name:<26} {ms:9.1f} ms")
     print(f"  {'step (build + indices)':<26} {rows['build on device'] + rows['inherit indices']:9.1f} ms")
+    if args.json is not None:
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({threads} threads)"
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"arch": args.arch, "device": name, "repeats": args.repeats,
+                                         "torch": str(torch.__version__), "milliseconds": rows}, indent=1))
     return rows
 
 

@@ -360,9 +360,9 @@ def _has_gz(folder: str) -> bool:
 
 
 def _load_mnist_like(key: str, root: str, download: bool) -> tuple[_TensorPair, _TensorPair]:
-    cls = _mnist_class(key)
-    raw_dir = os.path.join(root, cls.__name__, "raw")
-    processed_dir = os.path.join(root, cls.__name__, "processed")
+    class_name = "MNIST" if key == "mnist" else "FashionMNIST"  # torchvision's folder; imported only if needed
+    raw_dir = os.path.join(root, class_name, "raw")
+    processed_dir = os.path.join(root, class_name, "processed")
     looked = [raw_dir]
 
     if not _mnist_ready(raw_dir, processed_dir):
@@ -375,13 +375,13 @@ def _load_mnist_like(key: str, root: str, download: bool) -> tuple[_TensorPair, 
         if src is not None:
             # Read in place: a carried or read-only folder keeps its four .gz files and nothing else.
             return _read_mnist_gz(src)
-        if download:
-            try:
-                cls(root, train=True, download=True)
-            except (OSError, RuntimeError) as err:
-                raise _mnist_not_found(key, cls.__name__, looked, cause=str(err)) from err
-        else:
-            raise _mnist_not_found(key, cls.__name__, looked)
+        if not download:
+            raise _mnist_not_found(key, class_name, looked)
+        try:
+            _mnist_class(key)(root, train=True, download=True)
+        except (OSError, RuntimeError) as err:
+            raise _mnist_not_found(key, class_name, looked, cause=str(err)) from err
+    cls = _mnist_class(key)
 
     def convert(ds: Any) -> _TensorPair:
         return ds.data.to(torch.uint8).unsqueeze(1).contiguous(), ds.targets.to(torch.int64)

@@ -155,12 +155,22 @@ def test_mnist_default_val_size_is_5000(tmp_path: Path) -> None:
     _assert_splits(ds, x_train[:, None], y_train, x_test[:, None], y_test, val_size=5000)
 
 
-def test_mnist_gz_files_in_raw_are_decompressed(tmp_path: Path) -> None:
+def test_mnist_gz_files_in_raw_are_read_in_place(tmp_path: Path) -> None:
     raw = tmp_path / "MNIST" / "raw"
     x_train, y_train, x_test, y_test = _write_mnist_like(raw, n_train=20, n_test=4, gz=True)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
     ds = load_dataset("mnist", root=tmp_path, val_size=5)
     _assert_splits(ds, x_train[:, None], y_train, x_test[:, None], y_test, val_size=5)
-    assert (raw / "train-images-idx3-ubyte").is_file()
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing unpacked beside the .gz files
+
+
+def test_a_corrupt_gz_idx_file_is_refused(tmp_path: Path) -> None:
+    raw = tmp_path / "MNIST" / "raw"
+    _write_mnist_like(raw, n_train=20, n_test=4, gz=True)
+    with gzip.open(raw / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(b"\x00\x00\x08\x01\x00\x00\x00\x09" + bytes(4))  # the header says 9 labels, 4 follow
+    with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte.gz: 4 data bytes, the header says 9"):
+        load_dataset("mnist", root=tmp_path)
 
 
 def test_svhn_mat_files(tmp_path: Path) -> None:
@@ -198,16 +208,16 @@ def test_fashionmnist_from_system_dir(tmp_path: Path) -> None:
     assert (len(ds.train), len(ds.val), len(ds.test)) == (55000, 5000, 10000)
     assert ds.train.x.shape[1:] == (1, 28, 28) and ds.num_classes == 10
     assert set(ds.train.y.unique().tolist()) == set(range(10))
-    # The files were decompressed into root's torchvision layout and the pixels are the system files'.
-    assert (tmp_path / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
+    # The system files were read where they lie (nothing written into root) and the pixels are theirs.
+    assert list(tmp_path.iterdir()) == []
     labels = _read_gz_idx(os.path.join(data.FASHION_MNIST_SYSTEM_DIR, "train-labels-idx1-ubyte.gz"), 8)
     assert torch.equal(torch.cat([ds.train.y, ds.val.y]), torch.from_numpy(labels.astype(np.int64)))
     images = _read_gz_idx(os.path.join(data.FASHION_MNIST_SYSTEM_DIR, "t10k-images-idx3-ubyte.gz"), 16)
     assert torch.equal(ds.test.x, torch.from_numpy(images.reshape(-1, 1, 28, 28).copy()))
 
 
-def test_fashionmnist_unwritable_root_falls_back_to_data_root(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fashionmnist_system_files_load_with_an_unwritable_root(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     system = tmp_path / "system"
     x_train, y_train, x_test, y_test = _write_mnist_like(system, n_train=12, n_test=3, gz=True, seed=9)
     monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", str(system))
@@ -216,7 +226,8 @@ def test_fashionmnist_unwritable_root_falls_back_to_data_root(tmp_path: Path,
     blocker.write_text("a file, so nothing can be created below it")
     ds = load_dataset("fashionmnist", root=blocker / "data", val_size=2)
     _assert_splits(ds, x_train[:, None], y_train, x_test[:, None], y_test, val_size=2)
-    assert (tmp_path / "fallback" / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte").is_file()
+    assert not (tmp_path / "fallback").exists() and sorted(p.name for p in system.iterdir()) == sorted(
+        f"{name}.gz" for name in data._IDX_FILES)  # read in place: nothing written anywhere
 
 
 def test_missing_dataset_says_where_it_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -263,6 +274,9 @@ def test_data_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("NETCOMP_DATA", str(tmp_path))
     assert data_root() == str(tmp_path)
     monkeypatch.delenv("NETCOMP_DATA")
+    monkeypatch.setenv("NETCOMP_HOME", str(tmp_path / "home"))  # the home moves the data too
+    assert data_root() == str(tmp_path / "home" / "data")
+    monkeypatch.delenv("NETCOMP_HOME")
     assert data_root() == os.path.join(os.path.expanduser("~"), ".cache", "netcomp", "data")
 
 
