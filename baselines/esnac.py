@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +34,17 @@ from torch import nn
 
 from agents.base import Agent, one_torch_thread
 from netcomp.arch import ESNAC_BASE, ESNAC_MAX_LAYERS, Arch, esnac_descriptor
-from netcomp.checks import as_bool, as_choice, as_float, as_int
-from netcomp.distill import TrainConfig
+from netcomp.checks import as_bool, as_choice, as_float, as_int, invalid
+from netcomp.data import Dataset, Split
+from netcomp.distill import TrainConfig, evaluate, train_model
 from netcomp.files import torch_save_atomic
 from netcomp.rewards import n2n_reward
 
 #: Version of the files written by :meth:`ESNACAgent.save_policy`.
 POLICY_FORMAT = 1
 SELECT_ON = ("val", "test")
+#: ESNACConfig.final_recipe: the held-out full training (default) or the reference code's (docs/deviations.md#esnac).
+FINAL_RECIPES = ("heldout", "reference")
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -91,11 +94,24 @@ class ESNACConfig:
     """tr_fu: the learning rate is multiplied by 0.1 every this many epochs."""
     final_train_max: int | None = None
     """Use only the first N training images in the full training (None: all)."""
+    final_recipe: str = "heldout"
+    """"heldout" (default): the full training uses the training images without the validation split (45,000 on
+    CIFAR) and submits its last epoch, so the validation f that picks the final student is clean. "reference"
+    (the reference code's tr_fu): the full training set (training and validation images, 50,000 on CIFAR), the
+    best TEST epoch kept; it needs ``select_on: test``, as the validation images were trained on."""
+    gp_invalid: bool = True
+    """True (default): invalid students (broken shapes, not smaller) are GP observations with the env's penalty
+    reward (-1 under the ``n2n`` reward), so the kernels learn to avoid them; False leaves them out. The
+    reference has no invalid students (its candidates are built to be valid)."""
 
     def __post_init__(self) -> None:
         """Coerce YAML values and reject bad ones (netcomp.checks' one format)."""
         o = "ESNACConfig"
         self.select_on = as_choice(o, "select_on", self.select_on, SELECT_ON)
+        self.final_recipe = as_choice(o, "final_recipe", self.final_recipe, FINAL_RECIPES)
+        if self.final_recipe == "reference" and self.select_on != "test":
+            raise invalid(o, "select_on", self.select_on, "'test' with final_recipe 'reference' (its full "
+                          "training uses the validation images)")
         for name in ("kernels", "candidates", "hidden_size", "num_layers", "max_layers", "max_fit_steps"):
             setattr(self, name, as_int(o, name, getattr(self, name), 1))
         self.min_fit_steps = as_int(o, "min_fit_steps", self.min_fit_steps, 0)
@@ -110,6 +126,7 @@ class ESNACConfig:
         self.final_step_epochs = as_int(o, "final_step_epochs", self.final_step_epochs, 1)
         self.final_train_max = as_int(o, "final_train_max", self.final_train_max, 1, optional=True)
         self.warm_start = as_bool(o, "warm_start", self.warm_start)
+        self.gp_invalid = as_bool(o, "gp_invalid", self.gp_invalid)
 
 
 # ---------------------------------------------------------------------------------------------- the model
@@ -253,6 +270,8 @@ class ESNACAgent(Agent):
         xs, ys = [self.teacher_descriptor], [0.0]
         space = self.env.unwrapped.space
         for record in self.env.records:
+            if not (self.config.gp_invalid or record["valid"]):
+                continue
             if record.get("space") == space and record.get("action") is not None:
                 if record["index"] not in self._descriptors:
                     self._descriptors[record["index"]] = self.action_descriptor(record["action"])
@@ -329,7 +348,8 @@ class ESNACAgent(Agent):
         """Train the top_k students fully, keep the best by ``select_on`` f, save it; sets ``notes['final']``.
 
         The search keeps no trained weights, so each starts from its inherited weights (the reference continues
-        from the search-trained ones). f after full training = C(2 - C) acc / teacher acc on the same split.
+        from the search-trained ones). f after full training = C(2 - C) acc / teacher acc, the teacher scored on
+        the same images as the student (:meth:`final_f`).
         """
         best_of: dict[str, dict] = {}  # one record per student, the best first
         for r in sorted(self.env.records, key=lambda r: -r["reward"]):
@@ -339,21 +359,45 @@ class ESNACAgent(Agent):
         if not top:
             self.notes["final"] = {"skipped": "no valid student was found"}
             return self.notes["final"]
-        ev = self.env.unwrapped.evaluator
         trained = []
         for record in top:
             arch = self.student_of(record)
-            model, report = self.train_kept(arch, self.full_training_config())
-            c = report["compression"]
-            f = {s: n2n_reward(c, report[f"{s}_accuracy"], report["teacher_test_accuracy"] if s == "test"
-                               else ev.teacher_accuracy) for s in SELECT_ON}
+            model, report = self.train_full(arch)
+            f = self.final_f(report)
             trained.append((f[self.config.select_on], record, arch, model, {**report, "f_val": f["val"],
                                                                             "f_test": f["test"]}))
         _, record, arch, model, report = max(trained, key=lambda t: t[0])
         final = {**report, "index": record["index"], "search_reward": record["reward"], "select_on":
-                 self.config.select_on, "candidates": [{"index": t[1]["index"], **{k: t[4][k] for k in (
-                     "val_accuracy", "test_accuracy", "f_val", "f_test", "params")}} for t in trained]}
+                 self.config.select_on, "final_recipe": self.config.final_recipe, "candidates": [
+                     {"index": t[1]["index"], **{k: t[4][k] for k in (
+                         "val_accuracy", "test_accuracy", "f_val", "f_test", "params")}} for t in trained]}
         return self.keep_final(arch, model, final)
+
+    def train_full(self, arch: Arch) -> tuple[nn.Module, dict[str, Any]]:
+        """One student's full training by ``final_recipe`` (capped by the run's fidelity): (model, report)."""
+        if self.config.final_recipe == "heldout":
+            return self.train_kept(arch, self.full_training_config())
+        ev = self.env.unwrapped.evaluator
+        config = ev.fidelity.final_config(replace(self.full_training_config(), keep_best=True))
+        data = with_validation_trained(ev.dataset)
+        with torch.random.fork_rng(devices=[]):
+            model = ev.build_student(arch, ev.inherit, self.seed)
+            result = train_model(model, data, config, teacher=ev.teacher_model, device=ev.device, seed=self.seed)
+        report = ev._kept_report(model, arch, result, config.eval_max)  # scores test (its "val" here) as usual
+        return model, {**report, "val_accuracy": None, "final_train": config.to_dict()}
+
+    def final_f(self, report: dict[str, Any]) -> dict[str, float | None]:
+        """f = C(2 - C) acc / teacher acc after full training, per split: the teacher on the same images (the
+        student's validation accuracy is on the final training's first ``eval_max`` validation images); None
+        for the validation split when the full training used it."""
+        c = report["compression"]
+        f_test = n2n_reward(c, report["test_accuracy"], report["teacher_test_accuracy"])
+        if report["val_accuracy"] is None:
+            return {"val": None, "test": f_test}
+        ev = self.env.unwrapped.evaluator
+        teacher_val = evaluate(ev.teacher_model, ev.dataset.val, ev.dataset, device=ev.device,
+                               max_items=report["final_train"]["eval_max"])[0]
+        return {"val": n2n_reward(c, report["val_accuracy"], teacher_val), "test": f_test}
 
     # ------------------------------------------------------------------ state and transfer
     def state(self) -> dict[str, Any]:
@@ -389,3 +433,11 @@ class ESNACAgent(Agent):
                                  f"set {key}: {meta[key]} in the agent config")
         self.loaded_embedding = blob["embedding"]
         self.notes["transferred_from"] = {"path": str(path), "teacher": meta.get("teacher")}
+
+
+def with_validation_trained(data: Dataset) -> Dataset:
+    """The data of ESNAC's reference full training: the training images with the validation images appended
+    (the full official training set), and the test split in the validation slot, so that the best epoch kept
+    (``keep_best``) is the best TEST epoch, as the reference code keeps it."""
+    train = Split(torch.cat([data.train.x, data.val.x]), torch.cat([data.train.y, data.val.y]))
+    return replace(data, train=train, val=data.test)

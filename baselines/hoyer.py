@@ -37,7 +37,7 @@ from torch import nn
 
 from agents.base import Agent
 from netcomp.arch import Arch
-from netcomp.checks import as_bool, as_choice, as_float, as_floats, as_int
+from netcomp.checks import as_bool, as_choice, as_float, as_floats, as_int, invalid
 from netcomp.data import Dataset
 from netcomp.distill import OPTIMIZERS, TrainConfig, evaluate, train_students
 from netcomp.metrics import count_params
@@ -57,6 +57,8 @@ from netcomp.surgery import build_module, inherit_weights, keep_channels
 
 DEAD_RULES = ("both", "inputs", "filters")
 REG_PARAMS = ("auto", "weights", "all")
+#: HoyerConfig.fibre_scope: the group regularisers that ``grouping: fibre`` applies to.
+FIBRE_SCOPES = ("gl", "all")
 
 
 @dataclass
@@ -71,7 +73,12 @@ class HoyerConfig:
     (only the default 1e-3); it sweeps decay to trace accuracy-vs-FLOPs curves."""
     grouping: str = "whole"
     """'whole': filter and input-channel groups (the CIFAR code, the paper). 'fibre': the reference's
-    ImageNet / MNIST-CNN quirk, groups summed over dim 0 / dim 1 only ((c,h,w) and (n,h,w) fibres)."""
+    ImageNet / MNIST-CNN quirk, groups summed over dim 0 / dim 1 only ((c,h,w) and (n,h,w) fibres), for the
+    regularisers ``fibre_scope`` names."""
+    fibre_scope: str = "gl"
+    """Which group regularisers ``grouping: fibre`` changes: 'gl' (the reference's MNIST-CNN script: only
+    group lasso sums fibres, Group-HS keeps whole filters and channels) or 'all' (group lasso, Group-Hoyer
+    and Group-HS alike, as the ImageNet script forms every group). No effect with ``grouping: whole``."""
     reg_params: str = "auto"
     """Tensors regularised and pruned: 'weights' (every conv and linear weight, the CIFAR and structural
     code), 'all' (every trainable tensor, biases and BN included, as the MNIST element-wise script), or
@@ -83,6 +90,10 @@ class HoyerConfig:
     """tau of the fixed-threshold rule (CIFAR / ImageNet default 1e-4; MNIST T uses 1e-3)."""
     std_scale: float = 0.25
     """s of the std rule (prun_tune_V default 0.25)."""
+    prune_levels: list[float] | None = None
+    """Per-point pruning levels, one per decay: tau of the 'threshold' rule or s of the 'std' rule for that
+    point. None (the reference: one value per run): ``threshold`` / ``std_scale`` at every point. The smoke and
+    fast presets end with a high level, so that even their few training steps leave a point whose channels die."""
     prune_bn: bool = False
     """Quirk switch, off: True also thresholds BatchNorm gammas, as the reference's CIFAR / ImageNet pruning
     hits every parameter named 'weight'."""
@@ -133,11 +144,16 @@ class HoyerConfig:
     def __post_init__(self) -> None:
         """Coerce YAML values and reject bad ones (netcomp.checks' one format)."""
         o = "HoyerConfig"
-        for name, choices in {"regularizer": REGULARIZERS, "grouping": GROUPINGS, "reg_params": REG_PARAMS,
+        for name, choices in {"regularizer": REGULARIZERS, "grouping": GROUPINGS, "fibre_scope": FIBRE_SCOPES,
+                              "reg_params": REG_PARAMS,
                               "prune_rule": PRUNE_RULES, "dead_rule": DEAD_RULES, "train_optimizer": OPTIMIZERS,
                               "ft_optimizer": OPTIMIZERS}.items():
             setattr(self, name, as_choice(o, name, getattr(self, name), choices))
         self.decays = as_floats(o, "decays", self.decays, low=0, scalar_ok=True)
+        if self.prune_levels is not None:
+            self.prune_levels = as_floats(o, "prune_levels", self.prune_levels, low=0, scalar_ok=True)
+            if len(self.prune_levels) != len(self.decays):
+                raise invalid(o, "prune_levels", self.prune_levels, f"one level per decay ({len(self.decays)})")
         for name in ("train_epochs", "train_lr", "ft_epochs", "ft_lr", "gamma", "threshold", "std_scale",
                      "train_weight_decay", "ft_weight_decay"):
             setattr(self, name, as_float(o, name, getattr(self, name), low=0))
@@ -153,6 +169,20 @@ class HoyerConfig:
     @property
     def structural(self) -> bool:
         return self.regularizer not in ELEMENTWISE
+
+    @property
+    def reg_grouping(self) -> str:
+        """The grouping the regulariser uses: ``grouping``, unless fibres are limited to group lasso."""
+        if self.fibre_scope == "gl" and self.regularizer != "gl":
+            return "whole"
+        return self.grouping
+
+    def prune_args(self, i: int) -> tuple[float, float]:
+        """(threshold, std_scale) that point ``i`` prunes with: its ``prune_levels`` entry, else the run's."""
+        if self.prune_levels is None:
+            return self.threshold, self.std_scale
+        level = self.prune_levels[i]
+        return (level, self.std_scale) if self.prune_rule == "threshold" else (self.threshold, level)
 
     @property
     def tensors(self) -> str:
@@ -326,13 +356,13 @@ class HoyerAgent(Agent):
             torch.manual_seed(self.seed * 1000 + i)
             model = copy.deepcopy(ev.teacher.model).to(ev.device)
             tensors = weight_tensors(model, base.arch, cfg.tensors)
-            reg = (lambda: decay * penalty(tensors.values(), cfg.regularizer, cfg.grouping)) if decay > 0 else None
+            reg = (lambda: decay * penalty(tensors.values(), cfg.regularizer, cfg.reg_grouping)) if decay > 0 else None
             train = self.phase("train")
             if train is not None:
                 train_phase(model, ev.dataset, train, cfg.train_milestones, cfg.gamma, ev.device, self.seed + i,
                             reg=reg)
             pruned = weight_tensors(model, base.arch, cfg.tensors, bn=cfg.prune_bn)
-            masks = prune_masks(pruned, cfg.prune_rule, cfg.threshold, cfg.std_scale)
+            masks = prune_masks(pruned, cfg.prune_rule, *cfg.prune_args(i))
             apply_masks(pruned, masks)
             ft = self.phase("ft")
             if ft is not None:
@@ -364,6 +394,7 @@ class HoyerAgent(Agent):
         physical = student is not arch
         return {
             "decay": cfg.decays[i], "regularizer": cfg.regularizer, "structural": cfg.structural,
+            "prune_level": cfg.prune_args(i)[0 if cfg.prune_rule == "threshold" else 1],
             "nonzeros": nonzeros, "pruned_total": total, "density": nonzeros / max(1, total),
             "dense_params": count_params(arch), "student_params": count_params(student),
             "alive_macs": alive_macs(model, arch),

@@ -36,8 +36,9 @@ def floats(text: str) -> list[float]:
 
 def run_curve(env: ChannelRatioEnv, regularizer: str, decays: list[float], overrides: dict) -> list[dict]:
     """The agent's points for one regulariser (one submitted student per decay)."""
-    preset = agent_yaml("hoyer", "fast")["agent_config"]
-    config = make_config(HoyerConfig, {**preset, **overrides, "regularizer": regularizer, "decays": decays})
+    preset = agent_yaml("hoyer", "fast")["agent_config"]  # its per-point prune_levels: one std rule here
+    config = make_config(HoyerConfig, {**preset, **overrides, "regularizer": regularizer, "decays": decays,
+                                       "prune_levels": None})
     recorder = Recorder(env, RunLog(Budget(len(decays))))
     agent = HoyerAgent(recorder, config, seed=0)
     agent.run()

@@ -15,7 +15,6 @@ from netcomp.arch import (
     ESNAC_MAX_LAYERS,
     ESNAC_TYPES,
     Arch,
-    drop_identities,
     esnac_descriptor,
     esnac_edges,
     esnac_nodes,
@@ -173,7 +172,12 @@ class EditEnv(CompressionEnv):
 
     def student_of_edits(self, removed: list[str], ratios: list[float], skips: list[tuple[str, str]]) -> Arch:
         """The student of ESNAC's three edits: removed nodes become identities, skips are added, then every
-        shrinkable tensor of a class's width shrinks by that class's ratio (first channels kept)."""
+        shrinkable tensor of a class's width shrinks by that class's ratio (first channels kept).
+
+        The removed nodes stay in the graph as ``identity`` nodes under their names (free: no module, no
+        parameters, the same :func:`netcomp.arch.arch_key`), as ESNAC's candidates keep their Identity nodes:
+        so the student's ESNAC representation (:meth:`descriptor`) has every added skip, one from a removed
+        node included, and agrees with :meth:`descriptor_of_action`."""
         gone = set(removed)
         arch = self.arch.with_nodes(replace(n, op="identity") if n.name in gone else n for n in self.arch.nodes)
         arch = add_skips(arch, skips)
@@ -184,7 +188,7 @@ class EditEnv(CompressionEnv):
                 width = shrunk_width(group.width, ratio_of[group.width])
                 if width < group.width:
                     widths[group.gid] = width
-        return drop_identities(set_widths(arch, widths))
+        return set_widths(arch, widths)
 
     def sample_action(self, rng: np.random.Generator | None = None) -> np.ndarray:
         """A candidate from ESNAC's random sampler (the reference's ``Architecture.comp_action_rand``;
@@ -213,8 +217,8 @@ class EditEnv(CompressionEnv):
 
         The teacher's descriptor with removed rows turned into Identity rows (their edges kept), the in/out
         channels of conv and linear rows set to their width class's new width, and each added skip i -> j set
-        in the one-hots. A skip from a removed node stays an edge from that Identity row, as in ESNAC (the
-        student's graph would show it coming from the removed node's input). Not exact, so None: grouped or
+        in the one-hots. A skip from a removed node stays an edge from that Identity row, as in ESNAC (the student
+        keeps the removed node as an identity, so its descriptor agrees). Not exact, so None: grouped or
         depthwise convs (widths are rounded to the groups), and edits that join a shrinkable tensor to a fixed
         one (a skip or a removed conv between them).
         """

@@ -201,8 +201,13 @@ def _spatial_out(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def infer_shapes(arch: Arch) -> dict[str, Shape]:
-    """Propagate shapes through the graph; ArchError names the first node that cannot work."""
+def infer_shapes(arch: Arch, strict: bool = True) -> dict[str, Shape]:
+    """Propagate shapes through the graph; ArchError names the first node that cannot work.
+
+    ``strict=False`` never raises for a node's inputs: a node that cannot work gets the shape it declares
+    (:func:`_declared_shape`), so an invalid network still has the widths its layers ask for (ESNAC's
+    representation of an invalid student reads them). A graph that is not topologically ordered still raises.
+    """
     shapes: dict[str, Shape] = {}
     for node in arch.nodes:
         ins = []
@@ -210,11 +215,30 @@ def infer_shapes(arch: Arch) -> dict[str, Shape]:
             if i not in shapes:
                 raise ArchError(f"node {node.name!r} reads {i!r}, which is not an earlier node")
             ins.append(shapes[i])
-        shapes[node.name] = _node_shape(arch, node, ins)
+        try:
+            shapes[node.name] = _node_shape(arch, node, ins)
+        except ArchError:
+            if strict:
+                raise
+            shapes[node.name] = _declared_shape(node, ins)
     last = shapes[arch.nodes[-1].name]
-    if last != (arch.num_classes,):
+    if strict and last != (arch.num_classes,):
         raise ArchError(f"the output has shape {last}, expected ({arch.num_classes},)")
     return shapes
+
+
+def _declared_shape(node: Node, ins: list[Shape]) -> Shape:
+    """The shape a node that cannot work asks for: a conv its width at its first input's (stepped) size, a
+    linear its width, a concat the sum of its inputs' channels, anything else its first input's shape."""
+    x = ins[0] if ins else (0,)
+    if node.op == "linear":
+        return (node.out_channels,)
+    if node.op == "concat":
+        return (sum(s[0] for s in ins), *x[1:])
+    if node.op == "conv" and len(x) == 3:
+        size = (_spatial_out(s, node.kernel, node.stride, node.padding) for s in x[1:])
+        return (x[0] if node.depthwise else node.out_channels, *size)
+    return x
 
 
 def _node_shape(arch: Arch, node: Node, ins: list[Shape]) -> Shape:
@@ -386,10 +410,10 @@ N2N_TYPE = {"conv": 1, "maxpool": 2, "relu": 3, "bn": 4, "linear": 5, "avgpool":
 ESNAC_TYPES = ("identity", "flatten", "concat", "shuffle", "conv", "maxpool", "avgpool", "relu", "bn", "linear")
 
 
-def _geometry(arch: Arch, node: Node) -> tuple[int, int, int]:
+def _geometry(node: Node, in_shape: Shape) -> tuple[int, int, int]:
     """(kernel, stride, padding) as N2N reads them; a global pool acts as a pool over the whole map."""
     if node.op == "gap":
-        size = arch.in_shape(node.name)[1]
+        size = in_shape[1]
         return size, size, 0
     if node.op in ("conv", "maxpool", "avgpool"):
         return node.kernel, node.stride, node.padding
@@ -419,7 +443,7 @@ def n2n_descriptors(arch: Arch) -> np.ndarray:
     rows = []
     for name in arch.layers:
         node = arch.node(name)
-        k, s, p = _geometry(arch, node)
+        k, s, p = _geometry(node, arch.in_shape(name))
         outputs = arch.shapes[name][0] if node.op in ("conv", "linear") else 0
         rows.append((N2N_TYPE[node.op], k, s, p, outputs, *skips.get(name, (0, 0))))
     return np.asarray(rows, dtype=np.float32).reshape(-1, 7)
@@ -442,9 +466,10 @@ def esnac_nodes(arch: Arch) -> tuple[str, ...]:
     return tuple(n.name for n in arch.nodes if n.op not in ("input", "add", "identity"))
 
 
-def esnac_edges(arch: Arch) -> set[tuple[str, str]]:
-    """ESNAC's edges (i -> j) between :func:`esnac_nodes`: data edges seen through adds and identities."""
-    rows = set(esnac_nodes(arch))
+def esnac_edges(arch: Arch, rows: Iterable[str] | None = None) -> set[tuple[str, str]]:
+    """ESNAC's edges (i -> j) between ``rows`` (default :func:`esnac_nodes`): data edges seen through every
+    other node (adds, identities that are not rows)."""
+    rows = set(esnac_nodes(arch) if rows is None else rows)
     sources: dict[str, set[str]] = {}
     for node in arch.nodes:
         srcs: set[str] = set()
@@ -454,8 +479,9 @@ def esnac_edges(arch: Arch) -> set[tuple[str, str]]:
     return {(s, n) for n in rows for s in sources[n]}
 
 
-def _bypassed(teacher: Arch, edges: set[tuple[str, str]], alive: set[str]) -> dict[str, set[str]]:
-    """For each node, the nodes reachable along teacher edges whose interior nodes were all removed."""
+def _bypassed(teacher: Arch, edges: set[tuple[str, str]], kept: set[str]) -> dict[str, set[str]]:
+    """For each node, the nodes reachable along teacher edges whose interior nodes the student deleted
+    (are not in ``kept``): the edges that a deletion, not an added skip, puts into a student's graph."""
     succ: dict[str, list[str]] = {}
     for s, d in edges:
         succ.setdefault(s, []).append(d)
@@ -467,7 +493,7 @@ def _bypassed(teacher: Arch, edges: set[tuple[str, str]], alive: set[str]) -> di
             if n in seen:
                 continue
             seen.add(n)
-            if n not in alive:
+            if n not in kept:
                 stack.extend(succ.get(n, ()))
         out[start] = seen
     return out
@@ -481,35 +507,57 @@ def esnac_descriptor(teacher: Arch, student: Arch | None = None, max_layers: int
     same length. A row is the 10-way type one-hot (ESNAC_TYPES; a global pool reads as AvgPool2d), then raw
     (kernel, stride, padding, groups, in_channels, out_channels), in/out channels filled for conv and linear
     only, then a one-hot 'distance back' (i - j) for every edge j -> i and 'distance forward' (j - i) for
-    every edge i -> j. Edges are the teacher's plus every student edge that a removal does not explain (an
-    added skip). Raw values, no normalisation, as ESNAC. ``student=None`` describes the teacher.
+    every edge i -> j. Raw values, no normalisation, as ESNAC. ``student=None`` describes the teacher.
+
+    Edges are the teacher's plus every other edge of the student between rows it kept. A removed row that
+    the student keeps as an ``identity`` node of the same name (the edit space's students, as ESNAC's
+    candidates) keeps its own edges, so every added skip is an edge, one from a removed node included. A row
+    the student deleted (another space's surgery) is seen through: a student edge along a teacher path
+    through deleted rows is the deletion's, not a new edge. An invalid student (shapes that do not work)
+    still has a representation: its channel columns are the widths its layers declare.
     """
     student = teacher if student is None else student
     rows = esnac_nodes(teacher)
     if len(rows) > max_layers:
         raise ValueError(f"{len(rows)} nodes exceed max_layers={max_layers}; raise max_layers")
     pos = {name: i for i, name in enumerate(rows)}
-    alive = {name for name in esnac_nodes(student) if name in pos}
+    kept = {name for name in student.index if name in pos}
     t_edges = esnac_edges(teacher)
     edges = set(t_edges)
     if student is not teacher:
-        reach = _bypassed(teacher, t_edges, alive)
-        edges |= {(s, d) for s, d in esnac_edges(student) if s in pos and d in pos and d not in reach[s]}
+        reach = _bypassed(teacher, t_edges, kept)
+        edges |= {(s, d) for s, d in esnac_edges(student, kept) if d not in reach[s]}
+    shapes = _shapes_of(student)
     out = np.zeros((len(rows), ESNAC_BASE + 2 * max_layers), dtype=np.float32)
     for i, name in enumerate(rows):
-        if name not in alive:
+        node = student.node(name) if name in kept else None
+        if node is None or node.op == "identity":
             out[i, ESNAC_TYPES.index("identity")] = 1.0
             continue
-        node = student.node(name)
         out[i, ESNAC_TYPES.index("avgpool" if node.op == "gap" else node.op)] = 1.0
-        k, s, p = _geometry(student, node)
-        groups = student.conv_groups(node) if node.op == "conv" else 0
-        io = (student.in_shape(name)[0], student.shapes[name][0]) if node.op in ("conv", "linear") else (0, 0)
-        out[i, 10:16] = (k, s, p, groups, *io)
+        out[i, 10:16] = _esnac_attributes(node, shapes[node.inputs[0]], shapes[name])
     for s, d in edges:
         out[pos[d], ESNAC_BASE + pos[d] - pos[s]] = 1.0
         out[pos[s], ESNAC_BASE + max_layers + pos[d] - pos[s]] = 1.0
     return out
+
+
+def _shapes_of(arch: Arch) -> dict[str, Shape]:
+    """The network's shapes, or, where they do not work, the shapes its nodes declare."""
+    try:
+        return arch.shapes
+    except ArchError:
+        return infer_shapes(arch, strict=False)
+
+
+def _esnac_attributes(node: Node, in_shape: Shape, out_shape: Shape) -> tuple[int, ...]:
+    """ESNAC's (kernel, stride, padding, groups, in_channels, out_channels) of a node; channels (and groups)
+    for conv and linear only."""
+    k, s, p = _geometry(node, in_shape)
+    if node.op not in ("conv", "linear"):
+        return k, s, p, 0, 0, 0
+    groups = (in_shape[0] if node.depthwise else node.groups) if node.op == "conv" else 0
+    return k, s, p, groups, in_shape[0], out_shape[0]
 
 
 #: Fixed scales for normalised features (never per-teacher statistics, so a policy transfers).

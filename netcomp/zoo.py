@@ -18,6 +18,11 @@ Definitions follow the CIFAR models the reference methods used:
   concatenate an average-pooled shortcut, and their bottleneck width is a quarter of the new channels.
 - ``lenet5``: conv 6@5x5, max pool, conv 16@5x5, max pool, 120, 84, classes (ReLU). For 28x28 inputs the
   first conv pads by 2 (the usual MNIST variant), so both sizes give the classic 16x5x5 feature map.
+- ``lenet5caffe``: "LeNet-5-Caffe", the MNIST LeNet-5 of DeepHoyer (Yang, Wen, Li, ICLR 2020, arXiv:1908.09979;
+  ``LeNet_5`` in mnist/CNN/net/models.py of github.com/yanghr/DeepHoyer) and of the pruning papers it compares
+  with: conv 20@5x5, max pool, conv 50@5x5, max pool, 500, classes (ReLU after every conv and the hidden
+  linear; biases everywhere; no padding). On 1x28x28 the map is 50x4x4 = 800 features: 431,080 parameters,
+  2.29 M MACs. (Named without a dash: env ids are ``space-arch-dataset`` and split the arch at its dash.)
 
 Heads: ResNet, MobileNetV2 and ShuffleNet use a global average pool before their linear classifier, so
 they work at any image size their downsampling allows with the same classifier. VGG and LeNet-5 flatten
@@ -207,8 +212,24 @@ def _lenet5(in_channels: int, image_size: int, num_classes: int) -> Arch:
     return Arch(tuple(b.nodes), in_channels, image_size, num_classes)
 
 
+def _lenet5_caffe(in_channels: int, image_size: int, num_classes: int) -> Arch:
+    """DeepHoyer's MNIST LeNet-5 (20/50 convs, 500 hidden units); see the module docstring."""
+    b = _Builder()
+    x = b.add("input", "input", ())
+    for i, width in ((1, 20), (2, 50)):
+        x = b.add(f"conv{i}", "conv", (x,), out_channels=width, kernel=5, bias=True)
+        x = b.add(f"relu{i}", "relu", (x,))
+        x = b.add(f"pool{i}", "maxpool", (x,), kernel=2, stride=2)
+    x = b.add("flatten", "flatten", (x,))
+    x = b.add("fc1", "linear", (x,), out_channels=500, bias=True)
+    x = b.add("relu3", "relu", (x,))
+    b.add("fc2", "linear", (x,), out_channels=num_classes, bias=True)
+    return Arch(tuple(b.nodes), in_channels, image_size, num_classes)
+
+
 ZOO: dict[str, Callable[[int, int, int], Arch]] = {
     "lenet5": _lenet5,
+    "lenet5caffe": _lenet5_caffe,
     "vgg11": _vgg(_VGG_CFG["vgg11"]),
     "vgg16": _vgg(_VGG_CFG["vgg16"]),
     "vgg19": _vgg(_VGG_CFG["vgg19"]),

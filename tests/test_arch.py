@@ -128,6 +128,24 @@ def test_esnac_descriptor_encodes_types_attributes_and_edges():
         esnac_descriptor(build_arch("resnet110"), max_layers=128)
 
 
+def test_an_invalid_network_has_the_shapes_its_layers_declare_and_an_esnac_descriptor():
+    from dataclasses import replace
+
+    from netcomp.arch import infer_shapes
+
+    t = build_arch("resnet20")
+    # layer1.0.conv2 at 8 channels: the block's add joins 8 and 16 channels, so the network cannot work
+    bad = t.with_nodes(replace(n, out_channels=8) if n.name == "layer1.0.conv2" else n for n in t.nodes)
+    with pytest.raises(ArchError, match="add 'layer1.0.add'"):
+        infer_shapes(bad)
+    shapes = infer_shapes(bad, strict=False)
+    assert shapes["layer1.0.bn2"] == (8, 32, 32) and shapes["layer1.0.add"] == (8, 32, 32)  # the first input's
+    assert shapes["fc"] == (10,)
+    d = esnac_descriptor(t, bad)
+    row = list(esnac_nodes(t)).index("layer1.0.conv2")
+    assert tuple(d[row, 14:16]) == (16, 8) and np.array_equal(d[:, 16:], esnac_descriptor(t)[:, 16:])
+
+
 def test_amc_features_use_fixed_scales_so_they_transfer():
     small, big = build_arch("resnet20"), build_arch("resnet56")
     f_small, f_big = amc_features(small), amc_features(big)

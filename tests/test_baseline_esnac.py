@@ -20,8 +20,10 @@ from baselines.esnac import (
     ESNACConfig,
     expected_improvement,
     fit_embedding,
+    with_validation_trained,
 )
 from envs.edit import EditEnv
+from netcomp.distill import evaluate
 from netcomp.jsonl import read_jsonl
 from runner.recorder import Recorder, read_records
 from tests.conftest import TINY, cli
@@ -212,3 +214,49 @@ def test_the_embedding_transfers_to_a_larger_teacher_without_fitting(tmp_path):
     done = subprocess.run(_cmd(tmp_path / "bad", wrong, budget=2, extra=("--load-policy", str(small / "policy.pt"))),
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode != 0 and "hidden_size" in done.stderr
+
+
+def _smoke_with(**train):
+    """The smoke fidelity as a mapping, with some of its KD run's settings replaced."""
+    smoke = yaml.safe_load((ROOT / "configs" / "fidelity.yaml").read_text())["smoke"]
+    return {**smoke, "train": {**smoke["train"], **train}}
+
+
+def test_the_validation_f_divides_by_the_teachers_accuracy_on_the_same_images(tiny):
+    # the search scores the teacher on 40 validation images, the full training the student on 64
+    tiny = {**tiny, "fidelity": _smoke_with(eval_max=40)}
+    agent = _agent(tiny, 4, top_k=2, final_epochs=1)
+    agent.run()
+    final, ev = agent.notes["final"], agent.env.unwrapped.evaluator
+    images = final["final_train"]["eval_max"]
+    assert images == 64 != ev.fidelity.train.eval_max
+    teacher_val = evaluate(ev.teacher_model, ev.dataset.val, ev.dataset, max_items=images)[0]
+    c = final["compression"]
+    assert final["f_val"] == pytest.approx(c * (2 - c) * final["val_accuracy"] / teacher_val)
+    assert final["final_recipe"] == "heldout"
+
+
+def test_the_reference_full_training_uses_every_training_image_and_keeps_the_best_test_epoch(tiny):
+    with pytest.raises(ValueError, match="select_on"):
+        ESNACConfig(final_recipe="reference")                   # it trains on the validation images
+    agent = _agent(tiny, 4, top_k=2, final_epochs=2, final_recipe="reference", select_on="test")
+    data = with_validation_trained(agent.env.unwrapped.evaluator.dataset)
+    ds = agent.env.unwrapped.evaluator.dataset
+    assert len(data.train) == len(ds.train) + len(ds.val) and data.val is ds.test
+    agent.run()
+    final = agent.notes["final"]
+    assert final["final_recipe"] == "reference" and final["final_train"]["keep_best"]
+    assert final["val_accuracy"] is None and final["f_val"] is None
+    c = final["compression"]
+    assert final["f_test"] == pytest.approx(c * (2 - c) * final["test_accuracy"] / final["teacher_test_accuracy"])
+
+
+def test_invalid_students_are_gp_observations_unless_left_out(tiny):
+    for keep in (True, False):
+        agent = _agent(tiny, 3, gp_invalid=keep)
+        base = agent.env.unwrapped                              # the untouched teacher: invalid (not smaller)
+        agent.env.evaluate_many([base.make_action(), base.make_action(removed=["layer1.0.bn1"])])
+        assert [r["valid"] for r in agent.env.records] == [False, True]
+        xs, ys = agent.history()
+        assert ys == ([0.0, base.penalty, agent.env.records[1]["reward"]] if keep
+                      else [0.0, agent.env.records[1]["reward"]])

@@ -283,3 +283,58 @@ def test_the_agent_trains_with_its_decay_times_the_regulariser_and_fine_tunes_wi
     assert train0["reg"] is None and ft0["reg"] is None and ft0["masks"]
     assert train1["reg"] == pytest.approx(0.5 * train1["penalty"], rel=1e-5)
     assert ft1["reg"] is None and ft1["masks"]
+
+
+def test_fibres_reach_group_hs_only_when_asked():
+    """The MNIST CNN script sums fibres in group lasso only; fibre_scope 'all' also changes Group-HS."""
+    assert HoyerConfig(grouping="fibre").reg_grouping == "whole"                       # ghs, scope gl
+    assert HoyerConfig(grouping="fibre", regularizer="gl").reg_grouping == "fibre"
+    assert HoyerConfig(grouping="fibre", fibre_scope="all").reg_grouping == "fibre"
+    assert HoyerConfig(fibre_scope="all").reg_grouping == "whole"                      # no fibres asked
+    with pytest.raises(ValueError, match="fibre_scope"):
+        HoyerConfig(fibre_scope="ghs")
+
+
+def test_the_agent_regularises_with_the_scoped_grouping(tiny, monkeypatch):
+    import baselines.hoyer as hoyer
+
+    seen = []
+    real = hoyer.penalty
+
+    def spy(tensors, name, grouping):
+        seen.append((name, grouping))
+        return real(tensors, name, grouping)
+
+    monkeypatch.setattr(hoyer, "penalty", spy)
+    for scope, expected in (("gl", "whole"), ("all", "fibre")):
+        seen.clear()
+        agent, _ = make_agent(tiny, decays=[1e-3], grouping="fibre", fibre_scope=scope, threshold=0.07)
+        agent.run()
+        assert seen and set(seen) == {("ghs", expected)}
+
+
+def test_per_point_prune_levels():
+    cfg = HoyerConfig(decays=[1e-3, 1e-1], prune_levels=[1e-4, 0.05])
+    assert cfg.prune_args(0) == (1e-4, 0.25) and cfg.prune_args(1) == (0.05, 0.25)     # tau of the threshold rule
+    cfg = HoyerConfig(decays=[1e-3, 1e-1], prune_levels=[0.25, 2.0], prune_rule="std")
+    assert cfg.prune_args(1) == (1e-4, 2.0)                                            # s of the std rule
+    assert HoyerConfig(threshold=0.07).prune_args(2) == (0.07, 0.25)                   # none: the run's values
+    with pytest.raises(ValueError, match="one level per decay"):
+        HoyerConfig(decays=[1e-3, 1e-2], prune_levels=[0.1])
+
+
+@pytest.mark.parametrize("preset", ["smoke", "fast"])
+def test_the_quick_presets_record_a_valid_smaller_student_at_the_smoke_fidelity(preset, tiny_config, tmp_path):
+    """`--preset fast --fidelity smoke` (and `--preset smoke`): the point that prunes gives a real smaller
+    student; every invalid record says why."""
+    out = tmp_path / "run"
+    assert cli("--env", "channel-ratio-resnet20-synthetic", "--agent", "hoyer", "--preset", preset,
+               "--fidelity", "smoke", "--config", tiny_config, "--out", out) == 0
+    records = read_records(out / "evaluations.jsonl")
+    presets = yaml.safe_load((Path(__file__).parents[1] / "configs" / "hoyer.yaml").read_text())["presets"]
+    assert len(records) == len(presets[preset]["agent"]["decays"])
+    smaller = [r for r in records if r["valid"] and r["params"] < r["teacher_params"]]
+    assert smaller, [r["invalid_reason"] for r in records]
+    assert all(r["invalid_reason"] for r in records if not r["valid"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best"]["valid"] and summary["notes"]["points"][-1]["prune_level"] == 2.0

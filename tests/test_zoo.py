@@ -48,6 +48,18 @@ def test_lenet5_has_the_classic_61706_parameters_on_mnist():
     assert count_params(build_arch("lenet5", 1, 32, 10)) == 61_706
 
 
+def test_lenet5_caffe_is_deephoyers_mnist_lenet5():
+    """20/50 convs 5x5, 800 -> 500 -> 10 (DeepHoyer's LeNet_5): 431,080 parameters, 2.293 M MACs on MNIST."""
+    arch = build_arch("lenet5caffe", 1, 28, 10)
+    assert arch.shapes["flatten"] == (800,)
+    assert count_params(arch) == (20 * 25 + 20) + (50 * 20 * 25 + 50) + (800 * 500 + 500) + (500 * 10 + 10) == 431_080
+    assert count_macs(arch) == 20 * 25 * 24 * 24 + 50 * 20 * 25 * 8 * 8 + 800 * 500 + 500 * 10 == 2_293_000
+    assert [n.out_channels for n in arch.nodes if n.op in ("conv", "linear")] == [20, 50, 500, 10]
+    import envs  # an env id parses: the name has no dash (ids are space-arch-dataset)
+
+    assert envs.parse_env_id("channel-ratio-lenet5caffe-mnist") == "netcomp/channel-ratio-lenet5caffe-mnist-v0"
+
+
 @pytest.mark.parametrize("name", sorted(PUBLISHED_MACS))
 def test_macs_match_published_counts(name):
     assert count_macs(build_arch(name)) == pytest.approx(PUBLISHED_MACS[name], rel=1e-3)
