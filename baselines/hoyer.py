@@ -114,15 +114,15 @@ class HoyerConfig:
     """Weight decay of regularised training (CIFAR 1e-4; MNIST element-wise 0, structural 1e-4)."""
     train_milestones: list[float] = field(default_factory=lambda: [81.0, 122.0])
     """Epochs where the lr is multiplied by ``gamma`` (CIFAR 81, 122)."""
-    ft_epochs: float = 164.0
+    final_epochs: float = 164.0
     """Epochs of the masked fine-tune (CIFAR 164; MNIST T 100, V 50)."""
-    ft_optimizer: str = "sgd"
+    final_optimizer: str = "sgd"
     """Optimiser of the fine-tune."""
-    ft_lr: float = 0.1
+    final_lr: float = 0.1
     """Learning rate of the fine-tune (CIFAR 0.1; MNIST T 1e-4, V 1e-3)."""
-    ft_weight_decay: float = 1e-4
+    final_weight_decay: float = 1e-4
     """Weight decay of the fine-tune (zeros stay zero through it)."""
-    ft_milestones: list[float] = field(default_factory=lambda: [81.0, 122.0])
+    final_milestones: list[float] = field(default_factory=lambda: [81.0, 122.0])
     """Epochs where the fine-tune's lr is multiplied by ``gamma``."""
     gamma: float = 0.1
     """lr multiplier at each milestone."""
@@ -147,19 +147,19 @@ class HoyerConfig:
         for name, choices in {"regularizer": REGULARIZERS, "grouping": GROUPINGS, "fibre_scope": FIBRE_SCOPES,
                               "reg_params": REG_PARAMS,
                               "prune_rule": PRUNE_RULES, "dead_rule": DEAD_RULES, "train_optimizer": OPTIMIZERS,
-                              "ft_optimizer": OPTIMIZERS}.items():
+                              "final_optimizer": OPTIMIZERS}.items():
             setattr(self, name, as_choice(o, name, getattr(self, name), choices))
         self.decays = as_floats(o, "decays", self.decays, low=0, scalar_ok=True)
         if self.prune_levels is not None:
             self.prune_levels = as_floats(o, "prune_levels", self.prune_levels, low=0, scalar_ok=True)
             if len(self.prune_levels) != len(self.decays):
                 raise invalid(o, "prune_levels", self.prune_levels, f"one level per decay ({len(self.decays)})")
-        for name in ("train_epochs", "train_lr", "ft_epochs", "ft_lr", "gamma", "threshold", "std_scale",
-                     "train_weight_decay", "ft_weight_decay"):
+        for name in ("train_epochs", "train_lr", "final_epochs", "final_lr", "gamma", "threshold", "std_scale",
+                     "train_weight_decay", "final_weight_decay"):
             setattr(self, name, as_float(o, name, getattr(self, name), low=0))
         self.momentum = as_float(o, "momentum", self.momentum, low=0, high=1, high_open=True)
         self.train_milestones = as_floats(o, "train_milestones", self.train_milestones, low=0, nonempty=False)
-        self.ft_milestones = as_floats(o, "ft_milestones", self.ft_milestones, low=0, nonempty=False)
+        self.final_milestones = as_floats(o, "final_milestones", self.final_milestones, low=0, nonempty=False)
         self.batch_size = as_int(o, "batch_size", self.batch_size, 1)
         self.train_max = as_int(o, "train_max", self.train_max, 1, optional=True)
         self.max_steps = as_int(o, "max_steps", self.max_steps, 0, optional=True)
@@ -192,7 +192,7 @@ class HoyerConfig:
         return "weights" if self.structural else "all"
 
     def phase(self, which: str) -> TrainConfig | None:
-        """The TrainConfig of the 'train' (regularised) or 'ft' (masked fine-tune) phase, labels only; None
+        """The TrainConfig of the 'train' (regularised) or 'final' (masked fine-tune) phase, labels only; None
         when the phase has 0 epochs."""
         def get(key: str) -> Any:
             return getattr(self, f"{which}_{key}")
@@ -364,9 +364,9 @@ class HoyerAgent(Agent):
             pruned = weight_tensors(model, base.arch, cfg.tensors, bn=cfg.prune_bn)
             masks = prune_masks(pruned, cfg.prune_rule, *cfg.prune_args(i))
             apply_masks(pruned, masks)
-            ft = self.phase("ft")
+            ft = self.phase("final")
             if ft is not None:
-                train_phase(model, ev.dataset, ft, cfg.ft_milestones, cfg.gamma, ev.device, self.seed + i,
+                train_phase(model, ev.dataset, ft, cfg.final_milestones, cfg.gamma, ev.device, self.seed + i,
                             masks=masks, tensors=pruned)
             student, module, removed = shrink(model.cpu(), base.arch, cfg.dead_rule)
         seconds = time.perf_counter() - start

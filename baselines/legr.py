@@ -56,25 +56,25 @@ class DeployConfig:
     env's ``flops_target``. The first one is the run's final student (best_student.pt)."""
     finetune: bool = True
     """Fine-tune the deployed students and report their test accuracy (notes['final'], notes['targets'])."""
-    finetune_epochs: float = 400.0
+    final_epochs: float = 400.0
     """Epochs of the fine-tune (LeGR: 400 for Table 1, CIFAR-10 'following DCP'; 60 for Figure 2)."""
-    finetune_lr: float = 0.01
+    final_lr: float = 0.01
     """Initial learning rate of the fine-tune (LeGR: 0.01)."""
-    finetune_momentum: float = 0.9
+    final_momentum: float = 0.9
     """SGD momentum (LeGR: 0.9)."""
-    finetune_nesterov: bool = True
+    final_nesterov: bool = True
     """Nesterov momentum (LeGR's fine-tune: yes; its tau-hat search steps: no)."""
-    finetune_weight_decay: float = 5e-4
+    final_weight_decay: float = 5e-4
     """Weight decay (LeGR: 5e-4)."""
-    finetune_batch_size: int = 128
+    final_batch_size: int = 128
     """Batch size (LeGR: 128)."""
-    finetune_gamma: float = 0.2
+    final_gamma: float = 0.2
     """The lr is multiplied by this at 30%, 60% and 80% of the epochs (LeGR's MultiStepLR: 0.2)."""
-    finetune_train_max: int | None = None
+    final_train_max: int | None = None
     """Use only the first n training images (None = all); for fast runs."""
-    finetune_max_steps: int | None = None
+    final_max_steps: int | None = None
     """Cap on the fine-tune's optimiser steps (None = no cap); for smoke runs."""
-    finetune_follow_fidelity: bool = True
+    final_follow_fidelity: bool = True
     """Cap the fine-tune by the run's fidelity (its ``final`` section: smoke takes seconds); False keeps
     these values at any fidelity."""
 
@@ -84,25 +84,25 @@ class DeployConfig:
         if self.targets is not None:
             self.targets = as_floats(owner, "targets", self.targets, low=0, high=1, low_open=True)
         self.finetune = as_bool(owner, "finetune", self.finetune)
-        self.finetune_epochs = as_float(owner, "finetune_epochs", self.finetune_epochs, low=0, low_open=True)
-        self.finetune_lr = as_float(owner, "finetune_lr", self.finetune_lr, low=0, low_open=True)
-        self.finetune_momentum = as_float(owner, "finetune_momentum", self.finetune_momentum, low=0, high=1,
+        self.final_epochs = as_float(owner, "final_epochs", self.final_epochs, low=0, low_open=True)
+        self.final_lr = as_float(owner, "final_lr", self.final_lr, low=0, low_open=True)
+        self.final_momentum = as_float(owner, "final_momentum", self.final_momentum, low=0, high=1,
                                           high_open=True)
-        self.finetune_nesterov = as_bool(owner, "finetune_nesterov", self.finetune_nesterov)
-        self.finetune_weight_decay = as_float(owner, "finetune_weight_decay", self.finetune_weight_decay, low=0)
-        self.finetune_batch_size = as_int(owner, "finetune_batch_size", self.finetune_batch_size, 1)
-        self.finetune_gamma = as_float(owner, "finetune_gamma", self.finetune_gamma, low=0, low_open=True)
-        self.finetune_train_max = as_int(owner, "finetune_train_max", self.finetune_train_max, 1, optional=True)
-        self.finetune_max_steps = as_int(owner, "finetune_max_steps", self.finetune_max_steps, 0, optional=True)
-        self.finetune_follow_fidelity = as_bool(owner, "finetune_follow_fidelity", self.finetune_follow_fidelity)
+        self.final_nesterov = as_bool(owner, "final_nesterov", self.final_nesterov)
+        self.final_weight_decay = as_float(owner, "final_weight_decay", self.final_weight_decay, low=0)
+        self.final_batch_size = as_int(owner, "final_batch_size", self.final_batch_size, 1)
+        self.final_gamma = as_float(owner, "final_gamma", self.final_gamma, low=0, low_open=True)
+        self.final_train_max = as_int(owner, "final_train_max", self.final_train_max, 1, optional=True)
+        self.final_max_steps = as_int(owner, "final_max_steps", self.final_max_steps, 0, optional=True)
+        self.final_follow_fidelity = as_bool(owner, "final_follow_fidelity", self.final_follow_fidelity)
 
     def train_config(self) -> TrainConfig:
         """LeGR's fine-tune as a TrainConfig: CE on the labels, SGD Nesterov, multistep 0.3/0.6/0.8."""
         return TrainConfig(
-            epochs=self.finetune_epochs, max_steps=self.finetune_max_steps, batch_size=self.finetune_batch_size,
-            loss="ce", optimizer="sgd", lr=self.finetune_lr, momentum=self.finetune_momentum,
-            nesterov=self.finetune_nesterov, weight_decay=self.finetune_weight_decay, schedule="multistep",
-            gamma=self.finetune_gamma, train_max=self.finetune_train_max, eval_every_epoch=False)
+            epochs=self.final_epochs, max_steps=self.final_max_steps, batch_size=self.final_batch_size,
+            loss="ce", optimizer="sgd", lr=self.final_lr, momentum=self.final_momentum,
+            nesterov=self.final_nesterov, weight_decay=self.final_weight_decay, schedule="multistep",
+            gamma=self.final_gamma, train_max=self.final_train_max, eval_every_epoch=False)
 
 
 @dataclass
@@ -183,7 +183,7 @@ def finetune_report(env: Any, student: Arch, config: DeployConfig, seed: int = 0
     """
     ev = env.unwrapped.evaluator
     asked = config.train_config()
-    train = ev.fidelity.final_config(asked) if config.finetune_follow_fidelity else asked
+    train = ev.fidelity.final_config(asked) if config.final_follow_fidelity else asked
     model, report = ev.train_final(student, train, seed=seed)
     return model, {**report, "finetune": asked.to_dict()}
 

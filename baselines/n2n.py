@@ -106,27 +106,27 @@ class N2NConfig:
     """E of the constraint annealing: a violating student gets (eps - 1) + eps * R, eps = (1 - e/E)^4."""
     finetune: bool = True
     """Fine-tune the overall best student at the end and report its test accuracy (notes['final'])."""
-    finetune_epochs: float = 100.0
+    final_epochs: float = 100.0
     """Epochs of the final fine-tune (not in the released code; the maintainer asks for 'a longer one')."""
-    finetune_lr: float = 5e-4
+    final_lr: float = 5e-4
     """Learning rate of the final fine-tune (N2N's student optimiser: Adam 5e-4)."""
-    finetune_lambda: float = 1.0
+    final_lambda: float = 1.0
     """lambda of the fine-tune loss CE + lambda * MSE(student logits, teacher logits); tune per student."""
-    finetune_loss: str = "ce+mse"
+    final_loss: str = "ce+mse"
     """Loss of the final fine-tune, a netcomp.distill loss name ('ce+mse' as the maintainer recommends)."""
-    finetune_optimizer: str = "adam"
+    final_optimizer: str = "adam"
     """Optimiser of the final fine-tune: 'adam' or 'sgd' (momentum 0.9)."""
-    finetune_weight_decay: float = 5e-4
+    final_weight_decay: float = 5e-4
     """Weight decay of the final fine-tune (N2N's students: 5e-4)."""
-    finetune_batch_size: int = 200
+    final_batch_size: int = 200
     """Batch size of the final fine-tune (N2N's CIFAR loader: 200)."""
-    finetune_schedule: str = "cosine"
+    final_schedule: str = "cosine"
     """Learning-rate schedule of the final fine-tune ('none', 'cosine', 'step', 'onecycle')."""
-    finetune_max_steps: int | None = None
+    final_max_steps: int | None = None
     """Cap on the fine-tune's optimiser steps (None = no cap); for smoke runs."""
-    finetune_train_max: int | None = None
+    final_train_max: int | None = None
     """Use only the first n training images in the fine-tune (None = all); for fast runs."""
-    finetune_follow_fidelity: bool = True
+    final_follow_fidelity: bool = True
     """The fine-tune's length is capped by the run's fidelity (its ``final`` section: smoke takes seconds,
     fast minutes; paper has no cap, so these values hold). False keeps these values at any fidelity."""
     policy_input: str = "scaled"
@@ -155,17 +155,17 @@ class N2NConfig:
         self.acc_constraint = as_float(o, "acc_constraint", self.acc_constraint, low=0, high=1, optional=True)
         self.constraint_epochs = as_float(o, "constraint_epochs", self.constraint_epochs, low=0, low_open=True)
         self.finetune = as_bool(o, "finetune", self.finetune)
-        self.finetune_epochs = as_float(o, "finetune_epochs", self.finetune_epochs, low=0, low_open=True)
-        self.finetune_lr = as_float(o, "finetune_lr", self.finetune_lr, low=0, low_open=True)
-        self.finetune_lambda = as_float(o, "finetune_lambda", self.finetune_lambda, low=0)
-        self.finetune_loss = as_choice(o, "finetune_loss", self.finetune_loss, LOSSES)
-        self.finetune_optimizer = as_choice(o, "finetune_optimizer", self.finetune_optimizer, OPTIMIZERS)
-        self.finetune_weight_decay = as_float(o, "finetune_weight_decay", self.finetune_weight_decay, low=0)
-        self.finetune_batch_size = as_int(o, "finetune_batch_size", self.finetune_batch_size, 1)
-        self.finetune_schedule = as_choice(o, "finetune_schedule", self.finetune_schedule, SCHEDULES)
-        self.finetune_max_steps = as_int(o, "finetune_max_steps", self.finetune_max_steps, 0, optional=True)
-        self.finetune_train_max = as_int(o, "finetune_train_max", self.finetune_train_max, 1, optional=True)
-        self.finetune_follow_fidelity = as_bool(o, "finetune_follow_fidelity", self.finetune_follow_fidelity)
+        self.final_epochs = as_float(o, "final_epochs", self.final_epochs, low=0, low_open=True)
+        self.final_lr = as_float(o, "final_lr", self.final_lr, low=0, low_open=True)
+        self.final_lambda = as_float(o, "final_lambda", self.final_lambda, low=0)
+        self.final_loss = as_choice(o, "final_loss", self.final_loss, LOSSES)
+        self.final_optimizer = as_choice(o, "final_optimizer", self.final_optimizer, OPTIMIZERS)
+        self.final_weight_decay = as_float(o, "final_weight_decay", self.final_weight_decay, low=0)
+        self.final_batch_size = as_int(o, "final_batch_size", self.final_batch_size, 1)
+        self.final_schedule = as_choice(o, "final_schedule", self.final_schedule, SCHEDULES)
+        self.final_max_steps = as_int(o, "final_max_steps", self.final_max_steps, 0, optional=True)
+        self.final_train_max = as_int(o, "final_train_max", self.final_train_max, 1, optional=True)
+        self.final_follow_fidelity = as_bool(o, "final_follow_fidelity", self.final_follow_fidelity)
 
 
 # ---------------------------------------------------------------------------------------------- pure pieces
@@ -587,10 +587,10 @@ class N2NAgent(Agent):
         """The TrainConfig of the final fine-tune (CE + lambda * MSE-to-teacher by default)."""
         cfg = self.config
         return TrainConfig(
-            epochs=cfg.finetune_epochs, max_steps=cfg.finetune_max_steps, batch_size=cfg.finetune_batch_size,
-            loss=cfg.finetune_loss, kd_lambda=cfg.finetune_lambda, optimizer=cfg.finetune_optimizer,
-            lr=cfg.finetune_lr, weight_decay=cfg.finetune_weight_decay, schedule=cfg.finetune_schedule,
-            train_max=cfg.finetune_train_max, eval_every_epoch=False,
+            epochs=cfg.final_epochs, max_steps=cfg.final_max_steps, batch_size=cfg.final_batch_size,
+            loss=cfg.final_loss, kd_lambda=cfg.final_lambda, optimizer=cfg.final_optimizer,
+            lr=cfg.final_lr, weight_decay=cfg.final_weight_decay, schedule=cfg.final_schedule,
+            train_max=cfg.final_train_max, eval_every_epoch=False,
         )
 
     def final_finetune(self) -> dict[str, Any]:
@@ -598,7 +598,7 @@ class N2NAgent(Agent):
 
         The search keeps no trained weights, so the student starts as it did when it was scored (the env's
         inheritance mode: re-initialised as N2N's children by default, the teacher's surviving weights at the
-        ``rank`` fidelity, the runs' default) and trains ``finetune_epochs`` with the teacher's logits.
+        ``rank`` fidelity, the runs' default) and trains ``final_epochs`` with the teacher's logits.
         Writes ``run_dir/best_student.pt`` ({arch, state_dict, meta}, loadable with weights_only=True).
         """
         if self.best is None:
@@ -606,7 +606,7 @@ class N2NAgent(Agent):
             return self.notes["final"]
         arch = arch_from_dict(self.best["arch"])
         asked = self.finetune_config()
-        model, report = self.train_kept(arch, asked, self.config.finetune_follow_fidelity)
+        model, report = self.train_kept(arch, asked, self.config.final_follow_fidelity)
         final = {**report, "stage": self.best["stage"], "search_reward": self.best["reward"],
                  "arch_key": self.best["arch_key"], "finetune": asked.to_dict()}
         return self.keep_final(arch, model, final)

@@ -66,7 +66,7 @@ def main() -> None:
     print(f"teacher {args.arch} (fast recipe): val acc {ev.teacher_accuracy:.4f} (first {ev.fidelity.train.eval_max} "
           f"val images), test acc {teacher_test:.4f}, {ev.teacher_params:,} params, {ev.teacher_macs:,} MACs; "
           f"ready after {time.perf_counter() - start:.0f} s")
-    overrides = {k: v for k, v in (("train_epochs", args.epochs), ("ft_epochs", args.ft_epochs)) if v is not None}
+    overrides = {k: v for k, v in (("train_epochs", args.epochs), ("final_epochs", args.final_epochs)) if v is not None}
     layers = [n for n in widths if n != list(widths)[-1]]
     print(f"\n| regulariser | decay | alive {' / '.join(layers)} | MACs | MACs % | paper FLOPs % | params | density | "
           f"val acc | test acc | s |")

@@ -28,8 +28,8 @@ AGENTS = ("legr", "l2-global", "uniform", "random")
 
 def run_config(args: argparse.Namespace, agent: str) -> dict:
     """The --config of one agent's run: the same env, fidelity and fine-tune for all."""
-    finetune = {"targets": [args.target], "finetune_epochs": args.epochs, "finetune_train_max": args.train_max,
-                "finetune_follow_fidelity": False}
+    finetune = {"targets": [args.target], "final_epochs": args.epochs, "final_train_max": args.train_max,
+                "final_follow_fidelity": False}
     agent_config = {"legr": {**finetune, "population": args.population, "sample": args.sample,
                              "candidates": args.budget},
                     "l2-global": finetune, "uniform": finetune, "random": {}}[agent]

@@ -196,7 +196,7 @@ def test_config_errors():
     with pytest.raises(ValueError, match="decays"):
         HoyerConfig(decays=[])
     assert HoyerConfig(decays=1e-3).decays == [1e-3]
-    assert HoyerConfig(ft_epochs=0).phase("ft") is None
+    assert HoyerConfig(final_epochs=0).phase("final") is None
     assert HoyerConfig(regularizer="hs").tensors == "all" and HoyerConfig(regularizer="gl").tensors == "weights"
 
 

@@ -32,7 +32,7 @@ from tests.conftest import TINY, cli
 from tests.test_run_integrity import _cmd, _kill_when, _resume, _same
 
 #: A small evolution: a first generation of 4, then children in batches of 2, a 2-step fine-tune.
-SMALL = {"population": 4, "sample": 2, "candidates": 10, "batch": 2, "finetune_epochs": 1.0, "finetune_max_steps": 2}
+SMALL = {"population": 4, "sample": 2, "candidates": 10, "batch": 2, "final_epochs": 1.0, "final_max_steps": 2}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -180,7 +180,7 @@ def test_deployment_fine_tunes_every_target_and_reports_the_test_split(env, tmp_
 
 
 def test_legrs_fine_tune_schedule_and_tau_hat_zero(env):
-    config = DeployConfig(finetune_epochs=10).train_config()
+    config = DeployConfig(final_epochs=10).train_config()
     mult = [lr_multiplier(config, s, 100, 10) for s in range(100)]
     assert mult[29] == 1.0 and mult[30] == pytest.approx(0.2) and mult[59] == pytest.approx(0.2)
     assert mult[60] == pytest.approx(0.04) and mult[80] == pytest.approx(0.008) and mult[99] == mult[80]
@@ -202,7 +202,7 @@ def test_bad_config_values_are_named():
         LegrConfig(targets=[1.5])
     with pytest.raises(ValueError, match="mutate_fraction"):
         LegrConfig(mutate_fraction=0)
-    assert math.isclose(LegrConfig(finetune_lr="1e-3").finetune_lr, 1e-3)
+    assert math.isclose(LegrConfig(final_lr="1e-3").final_lr, 1e-3)
 
 
 # ---------------------------------------------------------------------------------------------- the run

@@ -29,7 +29,7 @@ from netcomp.zoo import build_arch
 from runner.recorder import Recorder, RunLog
 
 #: Small and quick: 3 rollouts per update, a two-step final fine-tune.
-QUICK = {"rollouts": 3, "finetune_epochs": 1.0, "finetune_batch_size": 64, "finetune_max_steps": 2}
+QUICK = {"rollouts": 3, "final_epochs": 1.0, "final_batch_size": 64, "final_max_steps": 2}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -115,7 +115,7 @@ def test_config_yaml_repeats_the_defaults_and_rejects_bad_values():
     data = load_yaml("n2n.yaml")
     fast = data.pop("presets")["fast"]["agent"]
     assert make_config(N2NConfig, data) == N2NConfig()
-    assert make_config(N2NConfig, {**data, **fast}).finetune_epochs < N2NConfig().finetune_epochs
+    assert make_config(N2NConfig, {**data, **fast}).final_epochs < N2NConfig().final_epochs
     defaults = N2NConfig()
     assert (defaults.rollouts, defaults.removal_lr, defaults.shrink_lr, defaults.hidden, defaults.lstm_layers) == (
         5, 3e-3, 0.1, 30, 2)
@@ -333,12 +333,12 @@ def test_reference_policy_input_is_the_raw_five_vector(tiny):
 
 
 def test_the_final_finetune_follows_the_run_fidelity_unless_told_not_to(tiny):
-    fast = {"finetune_max_steps": None}  # 1 epoch, uncapped
+    fast = {"final_max_steps": None}  # 1 epoch, uncapped
     agent, _, _ = make_agent(tiny, evaluations=2, stage2_fraction=0.0, **fast)
     agent.run()
     smoke_cap = agent.env.unwrapped.evaluator.fidelity.final["max_steps"]
     assert agent.notes["final"]["finetune"]["max_steps"] is None             # what the config asked for
     assert agent.notes["final"]["final_train"]["max_steps"] == smoke_cap     # what ran: the smoke cap
-    free, _, _ = make_agent(tiny, evaluations=2, stage2_fraction=0.0, finetune_follow_fidelity=False, **fast)
+    free, _, _ = make_agent(tiny, evaluations=2, stage2_fraction=0.0, final_follow_fidelity=False, **fast)
     free.run()
     assert free.notes["final"]["final_train"]["max_steps"] is None
