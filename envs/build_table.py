@@ -37,13 +37,11 @@ from netcomp.tables import (
     read_partial,
     resolve_spec,
     scoring_header,
+    session,
     table_path,
     work_paths,
     write_table,
 )
-
-#: Header fields that may differ between the sessions of one build (a resume): everything else must match.
-SESSION_FIELDS = ("build",)
 
 
 @dataclass
@@ -80,9 +78,9 @@ def build_table(spec: str | Path | TableSpec, fidelity: str | None = None, out: 
     start = time.perf_counter()
     with _threads(threads):
         env = make_build_env(spec, fidelity, cache_path, device, data_root)
-        with _pool(env, workers) as pool:
-            header = table_header(env, spec, threads if pool is None else 1, _device(env, pool), sample, seed)
-            done = resume_rows(rows_path, header)
+        with _pool(env, workers, threads) as pool:
+            header = table_header(env, spec, threads, _device(env, pool), sample, seed)
+            done, sessions = resume_rows(rows_path, header)
             plan = planned_actions(env, header, sample, seed)
             todo = [a for a in plan if a not in done][:limit]
             trained_before = env.unwrapped.evaluator.trainings
@@ -91,7 +89,8 @@ def build_table(spec: str | Path | TableSpec, fidelity: str | None = None, out: 
             trained = env.unwrapped.evaluator.trainings - trained_before
     rows = [done[a] for a in plan if a in done] + new
     complete = len(rows) == len(plan)
-    header["build"] = build_section(rows, plan, complete, limit, time.perf_counter() - start)
+    header["build"] = build_section(rows, plan, complete, limit, sessions, time.perf_counter() - start)
+    header["provenance"]["commit"] = sessions[-1]["commit"]
     write_table(out, header, rows)
     if complete:
         rows_path.unlink(missing_ok=True)
@@ -132,18 +131,20 @@ def table_header(env: Any, spec: TableSpec, threads: int, device: str, sample: i
     }
 
 
-def resume_rows(rows_path: Path, header: dict[str, Any]) -> dict[tuple[int, ...], dict[str, Any]]:
-    """The rows an earlier session of this build scored, by action (writing the header of a new build);
-    TableError when that session scored something else (another teacher, fidelity, commit, threads...)."""
-    old, rows = read_partial(rows_path)
+def resume_rows(rows_path: Path, header: dict[str, Any]) -> tuple[dict[tuple[int, ...], dict[str, Any]], list]:
+    """(the rows earlier sessions of this build scored, by action; every session, this one last), writing the
+    header of a new build and this session's line; TableError when an earlier session scored something else
+    (another teacher, fidelity, thread count, torch...; a commit may differ: each session's is recorded)."""
+    old, rows, sessions = read_partial(rows_path)
     if old is None:
         append_jsonl(rows_path, {"header": header})
-        return {}
-    differ = sorted(k for k in set(old) | set(header) if k not in SESSION_FIELDS and old.get(k) != header.get(k))
+    differ = sorted(k for k in set(old or header) | set(header) if (old or header).get(k) != header.get(k))
     if differ:
         raise TableError(f"{rows_path} holds a build of other settings ({', '.join(differ)} differ); move it and "
                          f"the .cache.jsonl file beside it aside to start the build again")
-    return {tuple(r["action"]): r for r in rows}
+    now_ = session()
+    append_jsonl(rows_path, {"session": now_})
+    return {tuple(r["action"]): r for r in rows}, [*sessions, now_]
 
 
 def planned_actions(env: Any, header: dict[str, Any], sample: int | None, seed: int) -> list[tuple[int, ...]]:
@@ -203,13 +204,15 @@ def score_chunk(env: Any, grid: Grid, chunk: Sequence[tuple[int, ...]]) -> list[
     return rows
 
 
-def build_section(rows: list[dict[str, Any]], plan: list, complete: bool, limit: int | None,
+def build_section(rows: list[dict[str, Any]], plan: list, complete: bool, limit: int | None, sessions: list,
                   wall: float) -> dict[str, Any]:
-    """The header's ``build`` section: how complete the table is and what it cost."""
+    """The header's ``build`` section: how complete the table is, what it cost, and every session (commit,
+    start, load average then)."""
     trained = {r["key"]: float(r["eval_seconds"]) for r in rows if r.get("key") is not None}
     return {"rows": len(rows), "planned": len(plan), "complete": complete, "limit": limit,
             "trained_students": len(trained), "training_seconds": sum(trained.values()),
-            "last_session_wall_seconds": wall, "finished": now(), "load_average": load_average()}
+            "last_session_wall_seconds": wall, "finished": now(), "load_average": load_average(),
+            "sessions": sessions}
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -235,14 +238,15 @@ def _threads(n: int) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _pool(env: Any, workers: int | None) -> Iterator[Any]:
-    """Ray actors training the env's students (None without ``workers``), shut down at the end."""
+def _pool(env: Any, workers: int | None, threads: int) -> Iterator[Any]:
+    """Ray actors training the env's students at ``threads`` torch threads each (None without ``workers``),
+    shut down at the end."""
     if not workers:
         yield None
         return
     from netcomp.workers import WorkerPool
 
-    pool = WorkerPool(int(workers))
+    pool = WorkerPool(int(workers), threads=threads)
     pool.attach(env.unwrapped.evaluator)
     try:
         yield pool

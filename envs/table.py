@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,7 @@ class TableEnvMixin:
         check_env_kwargs(cls, kwargs, self.table)
         self.grid = self.table.grid
         self.evaluator_class = functools.partial(TableEvaluator, table=self.table)
-        super().__init__(**{**kwargs, "fidelity": self.table.fidelity_spec()})
+        super().__init__(**{**kwargs, "fidelity": table_fidelity(self.table)})
         self.train_seed = self.table.train_seed
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
@@ -98,6 +99,25 @@ class TableEnvMixin:
         if not isinstance(space, spaces.Box):
             return action
         return self.grid.snap(check_box_action(action, space))
+
+
+def table_fidelity(table: Table) -> dict[str, Any]:
+    """The table's fidelity as a mapping (its scoring, from the header), with the current preset's
+    ``protocol`` fine-tune of the same name, if any (a kept student's recipe, not part of the table).
+
+    Warns when configs/fidelity.yaml's preset of that name now scores otherwise (another key): the table
+    still gives what it recorded, but no longer what a live run at that preset gives."""
+    from netcomp.evaluator import load_fidelity
+    from netcomp.teachers import load_yaml
+
+    name = table.header["fidelity"]["name"]
+    preset = load_yaml("fidelity.yaml").get(name) or {}
+    if preset and load_fidelity(name, table.header["space"]).key() != table.header["fidelity"]["key"]:
+        warnings.warn(f"table {table.name} was scored at a {name!r} fidelity that configs/fidelity.yaml has since "
+                      f"changed: its rewards are the recorded ones, not a live {name!r} run's; rebuild it "
+                      f"(python -m netcomp build-table {table.name})", UserWarning, stacklevel=3)
+    protocol = {"protocol": preset["protocol"]} if preset.get("protocol") else {}
+    return {**table.fidelity_spec(), **protocol}
 
 
 def env_defaults(cls: type) -> dict[str, Any]:

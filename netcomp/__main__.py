@@ -4,6 +4,10 @@
 ``python -m netcomp train-teacher ARCH --dataset D [--recipe ship] [--seed 0] [--threads N]``: train a
 teacher with a recipe from configs/teachers.yaml and ship it (teachers/ and its manifest), resuming an
 interrupted training from its per-epoch checkpoint.
+``python -m netcomp build-table SPEC [--fidelity rank|reference] [--sample N] [--limit N] [--threads N]
+[--workers N]``: score every student of a shipped table spec (configs/tables.yaml) or a spec YAML file into
+tables/SPEC.FIDELITY.jsonl.gz, resuming a killed build with nothing retrained (netcomp/tables.py).
+``python -m netcomp table-info SPEC|FILE [--fidelity F] [--json]``: a table's provenance and figures.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from netcomp.data import DATASETS, dataset_shape
 from netcomp.metrics import count_macs, count_params, layer_table
@@ -64,6 +69,57 @@ def train_teacher_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def build_table_command(args: argparse.Namespace) -> int:
+    """Build (or resume) a table and print its figures."""
+    from envs.build_table import build_table
+
+    report = build_table(args.spec, fidelity=args.fidelity, out=args.out, limit=args.limit, sample=args.sample,
+                         seed=args.seed, threads=args.threads, device=args.device, workers=args.workers,
+                         batch=args.batch, data_root=args.data_root, progress=not args.quiet)
+    state = "complete" if report.complete else f"partial ({report.rows} of {report.planned} planned actions)"
+    print(f"{report.path}: {state}; trained {report.trained} students now, {report.resumed_rows} rows from "
+          f"before, {report.seconds:.0f} s")
+    print(json.dumps(report.stats, indent=1))
+    return 0
+
+
+def table_info_command(args: argparse.Namespace) -> int:
+    """Print a table's header (less the fidelity's settings) and figures."""
+    from pathlib import Path
+
+    from netcomp.tables import read_table, resolve_spec, table_path
+
+    path = Path(args.table)
+    if not path.name.endswith(".jsonl.gz"):
+        path = table_path(resolve_spec(args.table), args.fidelity)
+    table = read_table(path)
+    header = {k: v for k, v in table.header.items() if k != "fidelity"}
+    info = {"path": str(path), **header, "fidelity": table.header["fidelity"]["name"], "stats": table.stats()}
+    print(json.dumps(info, indent=None if args.json else 1, default=str))
+    return 0
+
+
+def _table_parsers(sub: argparse._SubParsersAction) -> None:
+    """The build-table and table-info subcommands."""
+    b = sub.add_parser("build-table", help="score every student of a table spec into tables/ (resumable)")
+    b.add_argument("spec", help="a spec of configs/tables.yaml (e.g. channel-ratio-lenet5-fashionmnist) or a YAML file")
+    b.add_argument("--fidelity", default=None, help="rank (the spec's default) | reference | any preset")
+    b.add_argument("--limit", type=int, default=None, help="score at most N more actions now (resume later)")
+    b.add_argument("--sample", type=int, default=None, help="only N random distinct valid students (reference)")
+    b.add_argument("--seed", type=int, default=0, help="the seed of --sample's draw")
+    b.add_argument("--threads", type=int, default=None, help="torch CPU threads (recorded; default: torch's)")
+    b.add_argument("--workers", type=int, default=None, help="train on N Ray actors (a GPU each when present)")
+    b.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when present)")
+    b.add_argument("--batch", type=int, default=16, help="actions scored together (default 16)")
+    b.add_argument("--data-root", default=None)
+    b.add_argument("--out", default=None, help="the table file (default tables/SPEC.FIDELITY.jsonl.gz)")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    i = sub.add_parser("table-info", help="a table's provenance, distinct students and rewards")
+    i.add_argument("table", help="a table file (.jsonl.gz), a spec name or a spec YAML file")
+    i.add_argument("--fidelity", default=None, help="with a spec: the table's fidelity (default: the spec's)")
+    i.add_argument("--json", action="store_true", help="one line of JSON")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m netcomp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,9 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--data-root", default=None)
     t.add_argument("--download", action="store_true")
     t.add_argument("--out", default=None, help="folder to ship into (default: the repository's teachers/)")
+    _table_parsers(sub)
     args = parser.parse_args(argv)
     if args.command == "train-teacher":
         return train_teacher_command(args)
+    if args.command in ("build-table", "table-info"):
+        return _user_errors(build_table_command if args.command == "build-table" else table_info_command, args)
     info = summary(args.arch, args.dataset)
     if args.json:
         json.dump(info, sys.stdout, indent=1)
@@ -91,6 +150,17 @@ def main(argv: list[str] | None = None) -> int:
     else:
         _print_table(info)
     return 0
+
+
+def _user_errors(command: Any, args: argparse.Namespace) -> int:
+    """Run a command; a user's error (netcomp.errors.UserError) is one line on stderr and exit code 2."""
+    from netcomp.errors import UserError
+
+    try:
+        return command(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

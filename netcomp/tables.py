@@ -14,7 +14,8 @@ then one line per action of the space's grid:
   env paid and its size metrics, the teacher (weights SHA-256 via :func:`netcomp.teachers.teacher_identity`,
   accuracy, params, MACs), the data (name, fingerprint, the reward split), the training seed, the evaluator's
   cache-key suffix, and the provenance: torch / Python / NumPy versions, the device, the torch thread count,
-  the builder's git commit, and how the build went (students, trained, seconds, load averages);
+  the builder's git commit (``provenance.commit``; every build session's in ``build.sessions``), and how the
+  build went (students, trained, training seconds, load averages);
 - a row: ``action`` (the grid index of every entry), ``key`` (the student's part of the evaluator's cache key;
   null for a student refused before training, e.g. not smaller than the teacher), ``valid``,
   ``invalid_reason``, ``accuracy`` (on the reward split), ``test_accuracy`` (null: not measured at a search
@@ -307,14 +308,16 @@ def _read_table(path: str, mtime_ns: int, size: int) -> Table:
     return Table(lines[0]["header"], lines[1:], Path(path))
 
 
-def read_partial(path: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    """(header, rows) of a build in progress (None, [] when there is none); a torn last row is dropped."""
+def read_partial(path: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[dict[str, Any]]]:
+    """(header, rows, sessions) of a build in progress ((None, [], []) when there is none); a torn last line is
+    dropped. A session line (``{"session": ...}``) is appended by every build call: its commit, start, load."""
     lines = read_jsonl(path)
     if not lines:
-        return None, []
+        return None, [], []
     if "header" not in lines[0]:
         raise TableError(f"{path} does not start with a table header; move it aside to restart the build")
-    return lines[0]["header"], lines[1:]
+    rows = [line for line in lines[1:] if "action" in line]
+    return lines[0]["header"], rows, [line["session"] for line in lines[1:] if "session" in line]
 
 
 # ---------------------------------------------------------------------------- provenance
@@ -333,10 +336,15 @@ def git_commit(root: Path = ROOT) -> str | None:
 
 
 def provenance(device: str, threads: int) -> dict[str, Any]:
-    """Where and with what a table is computed: the values it holds depend on all of these."""
+    """Where and with what a table is computed: the values it holds depend on all of these (the builder's
+    commit is each build session's: see :func:`session`)."""
     return {"torch": torch.__version__, "python": platform.python_version(), "numpy": np.__version__,
-            "device": device, "threads": int(threads), "commit": git_commit(),
-            "machine": platform.machine(), "cpus": os.cpu_count()}
+            "device": device, "threads": int(threads), "machine": platform.machine(), "cpus": os.cpu_count()}
+
+
+def session() -> dict[str, Any]:
+    """One build call: the builder's commit, when it started and the machine's load then."""
+    return {"commit": git_commit(), "started": now(), "load_average": load_average()}
 
 
 def load_average() -> list[float] | None:
@@ -391,8 +399,9 @@ def scoring_header(evaluator: Evaluator) -> dict[str, Any]:
 
     f = evaluator.fidelity
     return {
-        "teacher": {**teacher_identity(evaluator.teacher), "accuracy": evaluator.teacher_accuracy,
-                    "params": evaluator.teacher_params, "macs": evaluator.teacher_macs},
+        "teacher": {**teacher_identity(evaluator.teacher), "path": _repo_path(evaluator.teacher.path),
+                    "accuracy": evaluator.teacher_accuracy, "params": evaluator.teacher_params,
+                    "macs": evaluator.teacher_macs},
         "data": {"dataset": evaluator.dataset.name, "fingerprint": data_fingerprint(evaluator.dataset),
                  "split": evaluator.split},
         "fidelity": {"name": f.name, "key": f.key(), "train": f.train.to_dict(), "teacher_recipe": f.teacher_recipe,
@@ -400,6 +409,14 @@ def scoring_header(evaluator: Evaluator) -> dict[str, Any]:
         "inherit": evaluator.inherit, "size_metrics": list(evaluator.size_metrics),
         "require_smaller": evaluator.require_smaller,
     }
+
+
+def _repo_path(path: str | Path | None) -> str | None:
+    """A teacher file's path, relative to the repository when it is inside (a shipped teacher)."""
+    if path is None:
+        return None
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def header_mismatches(header: Mapping[str, Any], evaluator: Evaluator) -> list[str]:

@@ -164,3 +164,42 @@ def test_render_ansi_shows_the_layer_table(tiny):
     assert row.split()[-1] == "removed" and "reward" in text
     with pytest.warns(UserWarning, match="render_mode"):
         assert RemovalEnv(arch="resnet20", **tiny).render() is None  # no render_mode: warns, returns None
+
+
+# ---------------------------------------------------------------------------- granularity="block"
+@pytest.mark.parametrize("mode", ["oneshot", "sequential"])
+def test_block_granularity_passes_the_checkers(tiny, mode, recwarn):
+    run_checkers(make(tiny, mode=mode, granularity="block"), recwarn)
+
+
+def test_block_granularity_has_one_bit_per_residual_block(tiny):
+    env = make(tiny, granularity="block")
+    assert env.action_space.n == 9 and env.observation_space.shape == (9, 8)
+    assert env.layers == tuple(f"layer{s}.{b}" for s in (1, 2, 3) for b in range(3))
+    assert env.removable == set(env.layers) and np.all(env.observation_space.sample() <= 10)
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(np.ones(9, np.int8))
+    assert not info["valid"] and "not fewer" in info["invalid_reason"]  # every block kept: the teacher
+    keep = np.ones(9, np.int8)
+    keep[[0, 3]] = 0  # layer1.0 (identity shortcut) and layer2.0 (projection shortcut)
+    _, reward, _, _, info = env.step(keep)
+    assert info["valid"] and info["removed"] == ["layer1.0", "layer2.0"] and info["forced"] == []
+    names = {n.name for n in env.student.nodes}
+    assert not any(n.startswith(("layer1.0.conv", "layer1.0.bn", "layer2.0.conv", "layer2.0.bn")) for n in names)
+    assert {"layer2.0.shortcut.conv", "layer2.0.shortcut.bn", "layer2.0.relu2"} <= names
+    assert "layer1.1.conv1" in names and reward > env.penalty
+
+
+def test_removing_every_block_leaves_the_stem_the_projections_and_the_head(tiny):
+    env = make(tiny, granularity="block")
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(np.zeros(9, np.int8))
+    convs = [n.name for n in env.student.nodes if n.op == "conv"]
+    assert info["valid"] and convs == ["conv1", "layer2.0.shortcut.conv", "layer3.0.shortcut.conv"]
+
+
+def test_block_granularity_needs_residual_blocks(tiny):
+    with pytest.raises(ValueError, match="needs residual blocks; lenet5"):
+        make(tiny, arch="lenet5", granularity="block")
+    with pytest.raises(ValueError, match="unknown granularity 'stage'"):
+        make(tiny, granularity="stage")
