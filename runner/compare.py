@@ -336,7 +336,9 @@ def run_configs(spec: dict[str, Any]) -> dict[tuple[str, int], dict]:
         try:
             for seed in spec["seeds"]:
                 config = json.loads(json.dumps(base))  # a deep copy of plain data
-                config["run"].update(spec["run"], **env_settings, seed=seed, save_best=True, shared_final=True)
+                on_table = config["run"].get("fidelity") == "table" or spec["run"].get("fidelity") == "table"
+                config["run"].update(spec["run"], **env_settings, seed=seed, save_best=not on_table,
+                                     shared_final=not on_table)  # a table's point is thousands of cheap episodes
                 budget = Budget(config["run"]["budget"], config["run"]["budget_seconds"])
                 prepare(config, RunLog(budget))
                 configs[(agent, seed)] = config
@@ -415,6 +417,8 @@ class RunResult:
     #: the hypervolume of the run's accuracy/MACs front (reference: accuracy 0 at the teacher's MACs, MACs as a
     #: fraction of the teacher's), from every agent's records, so every agent gets one
     hypervolume: float | None = None
+    #: on a tabular benchmark: the table's best reward minus the run's best (0: the optimum was found)
+    regret: float | None = None
 
 
 def reach_threshold(best: float) -> float:
@@ -450,7 +454,9 @@ def run_result(agent: str, seed: int, run_dir: Path) -> RunResult | None:
                      top.get("compression"), top.get("macs"), reached + 1, seconds[reached],
                      final.get("test_accuracy") if final.get("valid") else None, spent,
                      comparable=bool(summary.get("comparable", True)) and not summary.get("overspent"),
-                     hypervolume=front_hypervolume(records, "macs"))
+                     hypervolume=front_hypervolume(records, "macs"),
+                     regret=None if summary.get("table_optimum") is None
+                     else float(summary["table_optimum"]) - float(top["reward"]))
 
 
 #: Leaderboard columns: (name, RunResult field, format).
@@ -458,7 +464,7 @@ COLUMNS = (("best reward", "best_reward", "{:.4f}"), ("val acc", "accuracy", "{:
            ("compression", "compression", "{:.3f}"), ("MACs", "macs", "{:,.0f}"),
            ("evals to 95%", "evals_to_reach", "{:.1f}"), ("train s to 95%", "seconds_to_reach", "{:.1f}"),
            ("total train s", "train_seconds", "{:.0f}"), ("final test acc", "final_test", "{:.4f}"),
-           ("hypervolume", "hypervolume", "{:.4f}"))
+           ("hypervolume", "hypervolume", "{:.4f}"), ("regret", "regret", "{:.4f}"))
 
 
 def mean_std(values: list[float | None]) -> tuple[float | None, float | None, int]:
@@ -568,6 +574,33 @@ def write_comparison_plots(out: Path, spec: dict[str, Any]) -> None:
         ax.set(xlabel=size, ylabel="validation accuracy (search fidelity)")
         ax.legend(fontsize=8)
     _close(fig, out / "pareto.png")
+    write_regret_plot(out, spec, runs)
+
+
+def write_regret_plot(out: Path, spec: dict[str, Any], runs: dict[str, list[list[dict]]]) -> None:
+    """regret.png on a tabular benchmark: the table's best reward minus the best so far, against evaluations
+    and against (simulated) training seconds; nothing when the runs know no optimum."""
+    import matplotlib.pyplot as plt
+
+    optima = {}
+    for agent in spec["agents"]:
+        for seed in spec["seeds"]:
+            path = out / run_label(agent, seed) / "summary.json"
+            if path.exists() and (value := json.loads(path.read_text()).get("table_optimum")) is not None:
+                optima[agent] = float(value)
+    if not optima:
+        return
+    fig, (by_evals, by_seconds) = plt.subplots(1, 2, figsize=(11, 4))
+    for agent, seeds in runs.items():
+        if seeds and agent in optima:
+            regrets = [[optima[agent] - v for v in best_so_far(r)[0]] for r in seeds]
+            _band(by_evals, agent, [np.arange(1, len(r) + 1) for r in seeds], regrets)
+            _band(by_seconds, agent, [best_so_far(r)[1] for r in seeds], regrets)
+    for ax, label in ((by_evals, "evaluations"), (by_seconds, "training seconds (simulated on a table)")):
+        ax.set(xlabel=label, ylabel="regret: table optimum - best reward so far")
+        ax.set_xscale("log")
+        ax.legend(fontsize=8)
+    _close(fig, out / "regret.png")
 
 
 def _close(fig: Any, path: Path) -> None:

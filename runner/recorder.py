@@ -60,7 +60,7 @@ def best(records: Sequence[Mapping[str, Any]], valid_only: bool = False) -> dict
 
 #: Env kwargs a replay does not need: where files live, the device, rendering, and the teacher object or
 #: file (named by its identity and hash instead).
-REPLAY_DROP = ("cache_path", "device", "data_root", "download", "home", "render_mode", "teacher")
+REPLAY_DROP = ("cache_path", "device", "data_root", "download", "home", "render_mode", "teacher", "table")
 
 
 @dataclass

@@ -856,6 +856,16 @@ def _student_meta(path: Path) -> dict | None:
     return blob.get("meta") if isinstance(blob, dict) else None
 
 
+def table_optimum(agent: Any, config: dict) -> float | None:
+    """On a tabular benchmark, the best reward of the whole table (the known optimum, for the regret), when the
+    run scores with the reward the table was built with (no other reward, no target); else None."""
+    table = getattr(agent.env.unwrapped, "table", None)
+    if table is None or set(config["run"].get("env_kwargs") or {}) & {"reward", "target"} \
+            or "reward" in (table.header.get("env_kwargs") or {}):
+        return None
+    return table.stats()["best_reward"]
+
+
 def export_best(agent: Any, run_dir: Path) -> dict | None:
     """``best_student.onnx`` and ``best_student.pt2`` of the run's kept student (netcomp.export), checked on
     real validation images; an export that fails is reported (``error``) and never loses the run. None when
@@ -943,7 +953,7 @@ def finish(config: dict, run_dir: Path, agent: Any, log: RunLog, resumed: bool, 
         "comparable": not problems, "not_comparable": problems, "overspent": overspent,
         "stalled": budget.stalled,
         "best": best(records), "best_student": best_meta,
-        "shared_final": shared, "exported": exported,
+        "shared_final": shared, "exported": exported, "table_optimum": table_optimum(agent, config),
         "notes": {k: v for k, v in agent.notes.items() if k != "final"},
     }
     write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1, default=str))

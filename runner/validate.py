@@ -91,6 +91,8 @@ def make_replay_env(replay: dict, device: str, data_root: str | None, download: 
     if not isinstance(kwargs, dict):
         raise UserError(f"the record's env kwargs {kwargs!r} are not a mapping")
     kwargs = {k: v for k, v in kwargs.items() if k not in REPLAY_DROP}
+    if kwargs.get("fidelity") == "table":  # a table's entry is checked by training it again, live
+        kwargs["fidelity"] = replay.get("fidelity")
     extra = {"teacher": teacher} if teacher else {}
     try:
         return gym.make(env_id, disable_env_checker=True, cache_path=None, device=device, data_root=data_root,

@@ -284,3 +284,22 @@ def test_a_block_removal_table_serves_the_removal_env(tmp_path):
     assert {k: v for k, v in info.items() if k not in TIMING} == {k: v for k, v in live_info.items() if k not in TIMING}
     with pytest.raises(TableError, match="granularity='layer'"):
         gym.make("netcomp/removal-resnet20-synthetic-v0", fidelity="table", table=str(out), dataset_kwargs=dict(TINY))
+
+
+def test_a_comparison_on_a_table_reports_regret_against_the_known_optimum(tiny_table, tmp_path):
+    """The table is complete, so its optimum is known: the leaderboard's regret is the table's best reward minus
+    each run's best, regret.png is drawn, and a table comparison spends no time on final trainings."""
+    config, out = _table_config(tmp_path, tiny_table), tmp_path / "cmp"
+    assert cli("--env", "channel-ratio-lenet5-synthetic", "--agent", "random", "--seeds", 2, "--budget", 6,
+               "--config", config, "--out", out) == 0
+    optimum = read_table(tiny_table).stats()["best_reward"]
+    regrets = []
+    for seed in (0, 1):
+        run = out / f"random-s{seed}"
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["table_optimum"] == optimum and summary["best_student"] is None
+        regrets.append(optimum - max(r["reward"] for r in read_records(run / "evaluations.jsonl")))
+    row = next(line for line in (out / "leaderboard.csv").read_text().splitlines() if line.startswith("random,"))
+    header = (out / "leaderboard.csv").read_text().splitlines()[0].split(",")
+    assert float(row.split(",")[header.index("regret_mean")]) == pytest.approx(np.mean(regrets))
+    assert min(regrets) >= 0 and (out / "regret.png").exists()
