@@ -331,6 +331,9 @@ def resume_config(run_dir: Path, args: argparse.Namespace) -> tuple[dict, bool]:
         config["run"]["data_root"] = args.data_root
     config["run"]["download"] = bool(getattr(args, "download", False))
     config["run"]["trust_pickle"] = bool(getattr(args, "trust_pickle", False))
+    if config["run"]["trust_pickle"] and config["run"].get("load_policy") and not getattr(args, "load_policy", None):
+        raise ConfigError(f"--trust-pickle on a resume trusts the policy file config.yaml names "
+                          f"({config['run']['load_policy']}): name it yourself with --load-policy PATH as well")
     config["agent_config"] = {k: v for k, v in (config.get("agent_config") or {}).items() if k != "study_storage"}
     if getattr(args, "study_storage", None):
         config["agent_config"]["study_storage"] = args.study_storage

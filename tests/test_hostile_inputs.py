@@ -538,3 +538,11 @@ def test_netcomp_home_moves_downloaded_data_too(monkeypatch, tmp_path):
     assert data_root() == str(tmp_path / "home" / "data")
     monkeypatch.setenv("NETCOMP_DATA", str(tmp_path / "data"))
     assert data_root() == str(tmp_path / "data")
+
+
+def test_trust_on_a_resume_covers_only_a_policy_file_the_command_line_names(tiny_config, tmp_path, capsys):
+    out = _run(tmp_path, tiny_config, "ppo", "ppo", 2)
+    _unfinish(out)
+    _edit_config(out, load_policy=str(tmp_path / "someone-elses.zip"))
+    assert cli("--resume", out, "--trust-pickle") == 2
+    assert "--load-policy" in _one_error_line(capsys)
