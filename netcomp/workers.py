@@ -116,8 +116,10 @@ class WorkerPool:
             self.shutdown()
             raise
         self.threads = int(threads)  # the run's torch thread count: an actor trains the same floats as the driver
+        # one CPU of Ray's accounting per actor whatever its thread count: asking for ``threads`` CPUs would leave
+        # actors unschedulable on a small cluster (the numbers depend on the torch threads, not on Ray's count)
         self._actor_cls = ray.remote(EvalWorker).options(
-            num_cpus=self.threads, num_gpus=self.gpus, max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
+            num_cpus=1, num_gpus=self.gpus, max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
         self.actors = [self._actor_cls.remote(self.threads) for _ in range(workers)]
         self._specs: dict[int, tuple[Evaluator, str, list]] = {}  # id(evaluator) -> (it, spec id, [ObjectRef])
         #: test hook: called with the pool and the in-flight {ObjectRef: (slot, index)} after each submission
