@@ -243,22 +243,27 @@ def test_end_stale_ray_ends_only_ray_processes_it_recorded(tmp_path):
         fake_ray.kill()
 
 
-def test_actors_train_with_the_runs_thread_count(students, cluster):
-    """A pool of threads=2 actors trains exactly as this process does at 2 threads (the run's recorded count),
-    so a --workers run at threads > 1 replays exactly in --validate."""
-    from netcomp.workers import WorkerPool
+def test_actors_train_with_the_runs_thread_count(students, pool):
+    """Actors train with the pool's (the run's recorded) torch thread count, and a student trained at 2 threads
+    on an actor equals one trained at 2 threads here, so a --workers run at threads > 1 replays exactly.
+    (The module's 2-actor pool fills the 2-CPU cluster: its slot 0 is replaced by a 2-thread actor and back.)"""
+    import ray
+
     from runner.rundir import torch_threads
 
     base, batch = students
     with torch_threads(2):
         local = _fresh_evaluator(base).evaluate_many(batch[:2], seed=0)
-    pool = WorkerPool(1, threads=2)
+    assert ray.get(pool.actors[0].threads.remote()) == pool.threads == 1
+    pool.threads = 2
     try:
-        import ray
-
-        assert ray.get(pool.actors[0].threads.remote()) == 2
+        pool._replace(0)
+        pool._replace(1)
+        assert [ray.get(actor.threads.remote()) for actor in pool.actors] == [2, 2]
         ev = _fresh_evaluator(base)
         pool.attach(ev)
         assert _plain(ev.evaluate_many(batch[:2], seed=0)) == _plain(local)
     finally:
-        pool.shutdown()
+        pool.threads = 1
+        pool._replace(0)
+        pool._replace(1)
