@@ -22,15 +22,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
-import torch
 
 from netcomp.arch import Arch, arch_from_dict, arch_to_dict
+from netcomp.distill import torch_threads
 from netcomp.surgery import save_student
 
 #: A seconds-only budget ends after this many evaluations in a row that cost no training seconds.
@@ -289,19 +289,13 @@ class Agent(ABC):
         return self.notes["final"]
 
 
-@contextlib.contextmanager
-def one_torch_thread() -> Iterator[None]:
+def one_torch_thread() -> contextlib.AbstractContextManager[None]:
     """Run an agent's small recurrent models (N2N's policies, ESNAC's embedding) on one CPU thread.
 
     A small LSTM is latency-bound: with several intra-op threads the synchronisation costs more than the
     arithmetic, and on a busy 2-core machine a step was 100-400x slower. The previous setting is restored.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    return torch_threads(1)
 
 
 def make_config(cls: type, overrides: dict[str, Any] | None) -> Any:

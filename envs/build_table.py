@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from envs.table import grid_of
+from netcomp.distill import torch_threads
 from netcomp.jsonl import append_jsonl
 from netcomp.tables import (
     FORMAT,
@@ -76,7 +77,7 @@ def build_table(spec: str | Path | TableSpec, fidelity: str | None = None, out: 
     rows_path, cache_path = work_paths(out)
     threads = int(threads or torch.get_num_threads())
     start = time.perf_counter()
-    with _threads(threads):
+    with torch_threads(threads):
         env = make_build_env(spec, fidelity, cache_path, device, data_root)
         with _pool(env, workers, threads) as pool:
             header = table_header(env, spec, threads, _device(env, pool), sample, seed)
@@ -225,16 +226,6 @@ def _device(env: Any, pool: Any) -> str:
     if pool is not None:
         return "cuda" if pool.gpus else "cpu"
     return str(env.unwrapped.device)
-
-
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -736,3 +736,15 @@ def train_model(model: nn.Module, dataset: Dataset, config: TrainConfig, teacher
     ``on_epoch_end``) and return its result."""
     return train_students([model], dataset, config, teacher=teacher, device=device, seed=seed, split=split,
                           progress=progress, resume=resume, on_epoch_end=on_epoch_end)[0]
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Train with ``n`` torch intra-op threads (on CPU the float reductions, and so every seeded result,
+    depend on the count: a run fixes and records it); the previous count is restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

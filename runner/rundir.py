@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 
 from agents.base import FREE_LIMIT, Budget, BudgetExhausted
+from netcomp.distill import torch_threads  # noqa: F401 (re-exported: the harness's thread helper)
 from netcomp.errors import UserError
 from netcomp.files import remove_stale_temporaries, torch_save_atomic, write_text_atomic
 from runner.recorder import RunLog, best, read_records
@@ -685,20 +686,6 @@ def torch_threads_now() -> int:
     import torch
 
     return int(torch.get_num_threads())
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Train with ``n`` torch intra-op threads (float reductions, and so every seeded result, depend on the
-    count on CPU); the previous count is restored."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def check_device(device: str | None) -> None:
