@@ -804,13 +804,14 @@ def _progress(config: dict, budget: Budget, log: RunLog, run_dir: Path) -> Itera
                unit="eval", disable=None)
 
     start, first = time.perf_counter(), budget.used
+    top = [max((float(r["reward"]) for r in log.records), default=-math.inf)]
     plain = bar.disable  # not a terminal (CI, nohup, a pipe, a notebook): one line per evaluation instead
 
     def on_evaluation(record: dict) -> None:
         writer.add_scalar("reward", record["reward"], record["index"])
         writer.add_scalar("accuracy", record["accuracy"] or 0.0, record["index"])
         writer.add_scalar("compression", record["compression"] or 0.0, record["index"])
-        best = max(r["reward"] for r in log.records)
+        best = top[0] = max(top[0], float(record["reward"]))  # running best: no rescan of every record
         bar.update(1)
         bar.set_postfix(best=f"{best:.4f}")
         if plain:
