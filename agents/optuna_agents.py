@@ -435,3 +435,136 @@ class NSGA2Agent(OptunaAgent):
 
     def make_sampler(self) -> optuna.samplers.BaseSampler:
         return optuna.samplers.NSGAIISampler(seed=self.seed, population_size=self.config.population or 10)
+
+
+# ---------------------------------------------------------------------------- multi-fidelity
+@dataclass
+class ASHAConfig(OptunaConfig):
+    """ASHA's settings: TPE proposes, successive halving over the KD budget decides how long each student
+    trains. Single objective (the reward), a private study."""
+
+    OBJECTIVES: ClassVar[tuple[str, ...]] = ("reward",)
+
+    min_steps: int = 1
+    """The first rung: a student is first scored after this many KD optimiser steps."""
+
+    reduction_factor: int = 4
+    """Rung ``k`` trains ``min_steps * reduction_factor**k`` steps, up to the fidelity's own KD run (the last
+    rung, whose score is the env's reward); at each rung about ``1/reduction_factor`` of the students go on.
+    With ``rank``'s 16 steps the defaults give rungs of 1, 4 and 16 steps."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        o = type(self).__name__
+        self.min_steps = as_int(o, "min_steps", self.min_steps, 1)
+        self.reduction_factor = as_int(o, "reduction_factor", self.reduction_factor, 2)
+        if self.study_storage is not None:
+            raise invalid(o, "study_storage", self.study_storage, "null: ASHA runs a private study (its rungs "
+                                                                   "would be reported by several processes)")
+
+
+class ASHAAgent(TPEAgent):
+    """Asynchronous successive halving (Li et al., "A System for Massively Parallel Hyperparameter Tuning",
+    MLSys 2020, arXiv:1810.05934) over the KD budget, with TPE proposing the students (Optuna's
+    SuccessiveHalvingPruner).
+
+    Each asked student is scored at the first rung (a KD run cut to ``min_steps`` steps), reported to the
+    pruner, and trained again at the next rung only if it is in the top ``1/reduction_factor`` of the students
+    scored at that rung so far; the last rung is the env's own fidelity, so a student that reaches it gets the
+    same (cached) reward as under any other agent. Every rung's scoring is one recorded evaluation (``rung``
+    in its record, its own training seconds); only last-rung scores compete for the run's best. Each rung is
+    a fresh KD run from the inherited weights, not a continuation, so a student that reaches the top costs
+    the sum of its rungs. The rungs need the live env: a table holds one fidelity.
+
+    Resume: deterministic under its seed; a resumed run replays its evaluations from the cache (nothing
+    retrained) through the same loop, so no study state is saved.
+    """
+
+    name = "asha"
+    Config = ASHAConfig
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        evaluator = self.env.unwrapped.evaluator
+        if evaluator.pool is not None:
+            raise ValueError("the asha agent trains its rungs in this process; run it without --workers")
+        if getattr(evaluator, "table", None) is not None:
+            raise ValueError("the asha agent scores students at several KD lengths, and a table holds one "
+                             "fidelity: run it on the live env (without fidelity='table')")
+        self.rungs = self.ladder()
+        self.reached = [0] * len(self.rungs)  # students scored at each rung
+
+    def ladder(self) -> list[int]:
+        """The KD steps of each rung: ``min_steps * reduction_factor**k`` below the fidelity's own steps,
+        then None (the fidelity itself)."""
+        full = self.env.unwrapped.evaluator.full_steps
+        steps, rungs = self.config.min_steps, []
+        while steps < full:
+            rungs.append(steps)
+            steps *= self.config.reduction_factor
+        return [*rungs, None]
+
+    def make_study(self) -> optuna.Study:
+        pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=self.config.min_steps,
+                                                        reduction_factor=self.config.reduction_factor,
+                                                        min_early_stopping_rate=0)
+        return optuna.create_study(sampler=self.make_sampler(), pruner=pruner, direction="maximize")
+
+    def run(self) -> None:
+        with quiet_optuna():
+            self.study = self.make_study()
+            self._replay = list(self.env.records)  # a resumed run's evaluations, told again through the same loop
+            while self._replay or not self.budget.exhausted:
+                n = 1 if self.budget.seconds is not None else min(self.config.batch, self._left())
+                self.halve(self.ask(n))
+        full = self.env.unwrapped.evaluator.full_steps
+        self.notes["asha"] = {"rung_steps": [s or full for s in self.rungs], "scored_per_rung": list(self.reached)}
+        self.write_front()
+
+    def _left(self) -> int:
+        """Evaluations left counting from the replay's position (the records not yet told come first)."""
+        return self.budget.left + len(self._replay)
+
+    def halve(self, trials: list[optuna.Trial]) -> None:
+        """Climb the rungs with a batch of trials: score the alive ones together at each rung, report, and
+        keep those the pruner promotes; the last rung's score is told as the trial's value."""
+        alive = [(t, self.encoding.decode(t.params)) for t in trials]
+        for k, steps in enumerate(self.rungs):
+            if not alive or (not self._replay and self.budget.exhausted):
+                return
+            if self.budget.evaluations is not None:
+                alive = alive[: self._left()]
+            infos = self.scores([a for _, a in alive], steps)
+            self.reached[k] += len(alive)
+            if steps is None:
+                for (trial, _), info in zip(alive, infos):
+                    self.study.tell(trial, float(info["reward"]))
+                return
+            for (trial, _), info in zip(alive, infos):
+                trial.report(float(info["reward"]), steps)
+            promoted = []
+            for (trial, action), info in zip(alive, infos):
+                if info["valid"] and not trial.should_prune():
+                    promoted.append((trial, action))
+                else:  # an invalid student stays invalid (or diverged): no longer rung
+                    self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            alive = promoted
+
+    def scores(self, actions: list[np.ndarray], steps: int | None) -> list[dict]:
+        """The infos of ``actions`` at a rung: a resumed run's recorded ones first (each must be the action and
+        rung asked now: the samplers are seeded), then scored together on the env."""
+        told, self._replay = self._replay[: len(actions)], self._replay[len(actions):]
+        for action, record in zip(actions, told):
+            if to_jsonable(action) != record.get("action") or record.get("rung") != steps:
+                _mismatch(record["index"])
+        rest = actions[len(told):]
+        if not rest:
+            return told
+        self.env.reset()
+        return [*told, *self.env.evaluate_many(rest, steps=steps)]
+
+    def state(self) -> dict[str, Any]:
+        return Agent.state(self)
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        Agent.load_state(self, state)

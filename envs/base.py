@@ -208,9 +208,12 @@ class CompressionEnv(gym.Env):
         obs = self._observation() if self.mode == "oneshot" else np.zeros(self.observation_space.shape, np.float32)
         return obs, info["reward"], True, False, info
 
-    def _score(self, students: Sequence[Arch], space_infos: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """Evaluate students together (shared batches) and return their episode infos, in order."""
-        results = self.evaluator.evaluate_many(list(students), seed=self.train_seed)
+    def _score(self, students: Sequence[Arch], space_infos: Sequence[Mapping[str, Any]],
+               steps: int | None = None) -> list[dict[str, Any]]:
+        """Evaluate students together (shared batches) and return their episode infos, in order; ``steps``: at
+        that rung of the fidelity (see :meth:`evaluate_many`)."""
+        rung = None if steps is None else self.fidelity.at_steps(steps)
+        results = self.evaluator.evaluate_many(list(students), seed=self.train_seed, fidelity=rung)
         infos = [self.episode_info(r, si) for r, si in zip(results, space_infos)]
         self._remember(students[-1], results, infos[-1])
         return infos
@@ -220,17 +223,21 @@ class CompressionEnv(gym.Env):
         self._last_student, self.last_result, self._last_info = student, results[-1], info
         self.last_results = results
 
-    def evaluate_many(self, actions: Sequence[Any]) -> list[dict[str, Any]]:
+    def evaluate_many(self, actions: Sequence[Any], steps: int | None = None) -> list[dict[str, Any]]:
         """Score several whole-episode actions at once: one info per action, as the final step would give.
 
         A one-shot action each, or in sequential mode the list of one episode's step actions. The uncached
         students are trained together on shared batches (each exactly as it would be alone: the same seed,
         the same batches), so this is the cheap way to score a population. The current episode is abandoned.
+
+        ``steps`` scores them at a lower rung of the fidelity: its KD run cut to that many optimiser steps
+        (``evaluator.full_steps`` is the fidelity's own), for multi-fidelity agents (ASHA); the reward is
+        then the rung's, not comparable with the fidelity's, and the recorder marks such evaluations.
         """
         built = [self._student_of(action) for action in actions]
         if not built:
             return []
-        return self._score([b[0] for b in built], [b[1] for b in built])
+        return self._score([b[0] for b in built], [b[1] for b in built], steps)
 
     def score_student(self, student: Arch, weights: Mapping[str, torch.Tensor] | None = None,
                       train: bool = True) -> dict[str, Any]:

@@ -226,6 +226,21 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | No
     raise ValueError(f"unknown loss {config.loss!r}; expected one of {list(LOSSES)}")
 
 
+def planned_steps(config: TrainConfig, train_images: int) -> int:
+    """The optimiser steps :func:`train_students` takes with ``config`` on ``train_images`` training images
+    (before ``train_max``): a multi-fidelity ladder's top rung (Hyperband/ASHA over the KD budget)."""
+    n = min(train_images, config.train_max) if config.train_max is not None else train_images
+    batches = n // config.batch_size if n > config.batch_size else (1 if n > 0 else 0)
+    return _total_steps(config, batches)
+
+
+def _total_steps(config: TrainConfig, steps_per_epoch: int) -> int:
+    """``min(max_steps, ceil(epochs * batches per epoch))``, at least 1 (``max_steps=0`` only evaluates)."""
+    # Round first so that e.g. 0.7 epochs of 10 batches is 7 steps, not ceil(7.000000000000001) = 8.
+    total = max(1, math.ceil(round(config.epochs * steps_per_epoch, 6)))
+    return total if config.max_steps is None else min(total, config.max_steps)
+
+
 def lr_multiplier(config: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
     """Factor applied to ``config.lr`` for optimiser step ``step`` (0-based) of ``total_steps``.
 
@@ -529,10 +544,7 @@ def train_students(students: Sequence[nn.Module], dataset: Dataset, config: Trai
     # what decides the batch stream (with the epoch and batch number): the cache's key
     stream = (seed, len(train_split.y), config.batch_size, bool(augment), drop_last, channels_last, config.amp,
               str(device))
-    # Round first so that e.g. 0.7 epochs of 10 batches is 7 steps, not ceil(7.000000000000001) = 8.
-    total_steps = max(1, math.ceil(round(config.epochs * steps_per_epoch, 6)))
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
+    total_steps = _total_steps(config, steps_per_epoch)
     n_epochs = max(1, math.ceil(total_steps / steps_per_epoch))  # max_steps=0: one pass that only evaluates
 
     teacher_was_training = teacher.training if teacher is not None else False

@@ -13,7 +13,7 @@ import json
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,15 @@ from torch import nn
 from netcomp.arch import Arch, arch_key
 from netcomp.checks import did_you_mean
 from netcomp.data import Dataset
-from netcomp.distill import TeacherLogitCache, TrainConfig, TrainResult, evaluate, train_model, train_students
+from netcomp.distill import (
+    TeacherLogitCache,
+    TrainConfig,
+    TrainResult,
+    evaluate,
+    planned_steps,
+    train_model,
+    train_students,
+)
 from netcomp.errors import disk_full_error
 from netcomp.jsonl import append_jsonl, read_jsonl
 from netcomp.metrics import count_macs, count_params
@@ -101,6 +109,15 @@ class Fidelity:
         if self.protocol is not None:
             return self.protocol
         return Protocol(f"{self.name}-final", self.final_config(), "indices")
+
+    def at_steps(self, steps: int) -> Fidelity:
+        """This fidelity's KD run cut to ``steps`` optimiser steps: a lower rung of a multi-fidelity ladder
+        (successive halving over the KD budget). Named ``<name>@<steps>``, with its own key, so each rung's
+        scores are cached apart from the full fidelity's; the students are scored on the same images."""
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"a rung needs a whole number of steps >= 1, got {steps!r}")
+        train = TrainConfig.from_dict({**self.train.to_dict(), "max_steps": steps})
+        return replace(self, name=f"{self.name}@{steps}", train=train)
 
     def key(self) -> str:
         """A short hash of what scores a student here (name, KD run, inheritance); computed once (every cache
@@ -282,10 +299,16 @@ class Evaluator:
             self._load_cache()
 
     # ------------------------------------------------------------------ cache
-    def cache_key(self, student: Arch, inherit: str, seed: int) -> str:
+    def cache_key(self, student: Arch, inherit: str, seed: int, fidelity: Fidelity | None = None) -> str:
         key = arch_key(student, with_origin=inherit != "reinit")
         stats = "" if self.inherit_bn_stats or inherit == "reinit" else "|fresh-bn-stats"
-        return f"{key}|{inherit}{stats}|{self.teacher_id}|{self.fidelity.key()}|{seed}|{self.split}"
+        fidelity_key = (fidelity or self.fidelity).key()
+        return f"{key}|{inherit}{stats}|{self.teacher_id}|{fidelity_key}|{seed}|{self.split}"
+
+    @property
+    def full_steps(self) -> int:
+        """The optimiser steps of one student's KD run at this fidelity: a multi-fidelity ladder's top rung."""
+        return planned_steps(self.fidelity.train, len(self.dataset.train.y))
 
     def _load_cache(self) -> None:
         # a torn last line (a kill or a full disk mid-append) is dropped and cut off, so the run resumes
@@ -307,9 +330,17 @@ class Evaluator:
         """Score one student (see :meth:`evaluate_many`)."""
         return self.evaluate_many([student], inherit, seed)[0]
 
-    def evaluate_many(self, students: Sequence[Arch], inherit: str | None = None,
-                      seed: int | None = None) -> list[EvalResult]:
-        """Score several students; the uncached valid ones are trained together on shared batches."""
+    def evaluate_many(self, students: Sequence[Arch], inherit: str | None = None, seed: int | None = None,
+                      fidelity: Fidelity | None = None) -> list[EvalResult]:
+        """Score several students; the uncached valid ones are trained together on shared batches.
+
+        ``fidelity`` (default: the evaluator's) scores them at another KD run on the same images, a rung of a
+        multi-fidelity ladder (:meth:`Fidelity.at_steps`), cached under its own key. Rungs train in this
+        process: ValueError with a worker pool, whose actors hold the evaluator's fidelity."""
+        if fidelity is not None and fidelity.key() != self.fidelity.key() and self.pool is not None:
+            raise ValueError(f"students are scored at the {fidelity.name!r} rung in this process, but this "
+                             f"evaluator trains on Ray workers; run a multi-fidelity agent without --workers")
+        fidelity = fidelity or self.fidelity
         inherit = inherit or self.inherit
         seed = self.seed if seed is None else seed
         results: list[EvalResult | None] = [None] * len(students)
@@ -320,13 +351,13 @@ class Evaluator:
                 results[i] = EvalResult(False, _safe_key(student), _safe(count_params, student),
                                         _safe(count_macs, student), invalid_reason=problem)
                 continue
-            key = self.cache_key(student, inherit, seed)
+            key = self.cache_key(student, inherit, seed, fidelity)
             if key in self.cache:
                 results[i] = _as_cached(self.cache[key])
             else:
                 pending.setdefault(key, []).append(i)
         if pending:
-            trained = self._train([students[idx[0]] for idx in pending.values()], inherit, seed)
+            trained = self._train([students[idx[0]] for idx in pending.values()], inherit, seed, fidelity)
             for (key, idx), result in zip(pending.items(), trained):
                 self._store(key, result)
                 results[idx[0]] = result
@@ -399,7 +430,9 @@ class Evaluator:
                         bn_stats=self.inherit_bn_stats)
         return module.to(self.device)
 
-    def _train(self, students: Sequence[Arch], inherit: str, seed: int) -> list[EvalResult]:
+    def _train(self, students: Sequence[Arch], inherit: str, seed: int,
+               fidelity: Fidelity | None = None) -> list[EvalResult]:
+        fidelity = fidelity or self.fidelity
         if self.pool is not None:  # Ray actors train one student each; each is stored (cache.jsonl) as it finishes
             results = self.pool.train(self, students, inherit, seed, on_result=lambda i, result: self._store(
                 self.cache_key(students[i], inherit, seed), result))
@@ -411,7 +444,7 @@ class Evaluator:
         # an agent that samples from torch's global RNG (SB3) then replays a resumed run exactly
         with torch.random.fork_rng(devices=[]):
             modules = [self.build_student(arch, inherit, seed) for arch in students]
-            outcomes = train_students(modules, self.dataset, self.fidelity.train, teacher=self.teacher_model,
+            outcomes = train_students(modules, self.dataset, fidelity.train, teacher=self.teacher_model,
                                       device=self.device, seed=seed, split=self.split,
                                       teacher_cache=self.teacher_logits)
         self.trainings += len(students)

@@ -50,7 +50,7 @@ import torch
 
 from netcomp.arch import Arch
 from netcomp.errors import UserError
-from netcomp.evaluator import EvalResult, Evaluator
+from netcomp.evaluator import EvalResult, Evaluator, Fidelity
 from netcomp.files import write_atomic
 from netcomp.jsonl import read_jsonl, to_jsonable
 
@@ -380,7 +380,11 @@ class TableEvaluator(Evaluator):
         if problems:
             raise TableError(f"table {table.name} ({table.path}) does not fit this env: {'; '.join(problems)}")
 
-    def _train(self, students: Sequence[Arch], inherit: str, seed: int) -> list[EvalResult]:
+    def _train(self, students: Sequence[Arch], inherit: str, seed: int,
+               fidelity: Fidelity | None = None) -> list[EvalResult]:
+        if fidelity is not None and fidelity.key() != self.fidelity.key():
+            raise TableError(f"table {self.table.name} holds its students at the {self.fidelity.name!r} fidelity "
+                             f"only, not at the {fidelity.name!r} rung; a multi-fidelity agent needs the live env")
         results = [self.table.result_for(self.cache_key(s, inherit, seed)) for s in students]
         self.trainings += len(results)
         self.trained_seconds += sum(r.eval_seconds for r in results)

@@ -37,7 +37,7 @@ import yaml
 from agents.base import Budget
 from netcomp.files import remove_stale_temporaries, write_text_atomic
 from netcomp.pareto import front_hypervolume, pareto_front
-from runner.recorder import RunLog, best, read_records
+from runner.recorder import RunLog, best, full_fidelity, read_records
 from runner.report import save_figure
 from runner.rundir import (
     CLI_ONLY,
@@ -427,10 +427,11 @@ def reach_threshold(best: float) -> float:
 
 
 def best_so_far(records: list[dict]) -> tuple[list[float], list[float]]:
-    """(best reward so far, training seconds so far) after each evaluation; a cache hit trains nothing."""
+    """(best reward so far, training seconds so far) after each evaluation; a cache hit trains nothing. A lower
+    rung's evaluation (ASHA) spends its seconds but its reward, from a shorter KD run, is not a candidate."""
     best, seconds, top, spent = [], [], -math.inf, 0.0
     for r in records:
-        top = max(top, float(r["reward"]))
+        top = max(top, float(r["reward"])) if full_fidelity(r) else top
         spent += 0.0 if r.get("cached") else float(r.get("eval_seconds") or 0.0)
         best.append(top)
         seconds.append(spent)
@@ -444,6 +445,8 @@ def run_result(agent: str, seed: int, run_dir: Path) -> RunResult | None:
         return None
     top = best(records)  # the first of equal rewards
     curve, seconds = best_so_far(records)
+    if top is None:  # only lower rungs recorded (a multi-fidelity run stopped early): nothing to rank
+        return None
     threshold = reach_threshold(curve[-1])
     reached = next(i for i, value in enumerate(curve) if value >= threshold)
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
@@ -454,7 +457,7 @@ def run_result(agent: str, seed: int, run_dir: Path) -> RunResult | None:
                      top.get("compression"), top.get("macs"), reached + 1, seconds[reached],
                      final.get("test_accuracy") if final.get("valid") else None, spent,
                      comparable=bool(summary.get("comparable", True)) and not summary.get("overspent"),
-                     hypervolume=front_hypervolume(records, "macs"),
+                     hypervolume=front_hypervolume([r for r in records if full_fidelity(r)], "macs"),
                      regret=None if summary.get("table_optimum") is None
                      else float(summary["table_optimum"]) - float(top["reward"]))
 
@@ -560,9 +563,9 @@ def write_comparison_plots(out: Path, spec: dict[str, Any]) -> None:
     teacher = next((r[0] for seeds in runs.values() for r in seeds), None)
     for ax, size in zip(axes, ("params", "macs")):
         for agent, seeds in runs.items():
-            valid = [r for recs in seeds for r in recs if r["valid"]]
+            valid = [r for recs in seeds for r in recs if r["valid"] and full_fidelity(r)]
             dots = ax.scatter([r[size] for r in valid], [r["accuracy"] for r in valid], s=10, alpha=0.4, label=agent)
-            front = pareto_front([r for recs in seeds for r in recs], size)  # the agent's front over its seeds
+            front = pareto_front(valid, size)  # the agent's front over its seeds
             if front:
                 ax.step([r[size] for r in front], [r["accuracy"] for r in front], where="post",
                         color=dots.get_facecolor()[0], alpha=0.9, linewidth=1.2)

@@ -49,12 +49,20 @@ class EvaluationRecord(TypedDict, total=False):
     trained: bool                # a submitted student was distilled at the fidelity (else only evaluated)
     weights: str                 # a submitted student's weights, relative to the run directory
     facts: dict                  # a white-box agent's own facts about its submission
+    rung: int                    # a lower rung of a multi-fidelity ladder: the KD steps it was scored at (its
+                                 # reward is not the fidelity's; absent on every full-fidelity evaluation)
+
+
+def full_fidelity(record: Mapping[str, Any]) -> bool:
+    """Whether a record was scored at the run's fidelity: not a lower rung of a multi-fidelity ladder (ASHA),
+    whose reward comes from a shorter KD run. Only these compete for a run's best, front and curves."""
+    return record.get("rung") is None
 
 
 def best(records: Sequence[Mapping[str, Any]], valid_only: bool = False) -> dict | None:
-    """The record with the highest reward (the first of equals; invalid ones score below every valid one, so
-    ``valid_only`` matters only when no record is valid), or None when there is none."""
-    pool = [r for r in records if r["valid"]] if valid_only else list(records)
+    """The full-fidelity record with the highest reward (the first of equals; invalid ones score below every
+    valid one, so ``valid_only`` matters only when no record is valid), or None when there is none."""
+    pool = [r for r in records if full_fidelity(r) and (r["valid"] or not valid_only)]
     return max(pool, key=lambda r: r["reward"], default=None)
 
 
@@ -154,17 +162,19 @@ class Recorder(gym.Wrapper):
             self._record(float(reward), info, action, bool(getattr(last, "cached", False)))
         return obs, reward, terminated, truncated, info
 
-    def evaluate_many(self, actions: Sequence[Any]) -> list[dict]:
+    def evaluate_many(self, actions: Sequence[Any], steps: int | None = None) -> list[dict]:
         """Score whole-episode actions together (see ``CompressionEnv.evaluate_many``); one evaluation each.
 
+        ``steps``: at that lower rung of the fidelity (a multi-fidelity agent); the records say ``rung``.
         Raises BudgetExhausted if the budget cannot pay for all of them (ask for at most ``budget.left``).
         """
         actions = list(actions)
         self._check_budget(len(actions))
-        infos = self.env.unwrapped.evaluate_many(actions)
+        infos = self.env.unwrapped.evaluate_many(actions, steps=steps)
         results = self.env.unwrapped.last_results
+        extra = None if steps is None else {"rung": int(steps)}
         for action, info, result in zip(actions, infos, results):
-            self._record(float(info["reward"]), info, to_jsonable(action), bool(result.cached))
+            self._record(float(info["reward"]), info, to_jsonable(action), bool(result.cached), extra)
         return infos
 
     def submit(self, student: Arch, weights: Mapping[str, Any] | None = None, train: bool = True,
@@ -219,7 +229,7 @@ class Recorder(gym.Wrapper):
 
     @property
     def best(self) -> dict | None:
-        """The record with the highest reward so far."""
+        """The full-fidelity record with the highest reward so far."""
         return best(self.records)
 
 

@@ -29,6 +29,7 @@ AGENTS: dict[str, str] = {
     "cmaes": "agents.optuna_agents:CmaEsAgent",
     "gp": "agents.optuna_agents:GPAgent",
     "nsga2": "agents.optuna_agents:NSGA2Agent",
+    "asha": "agents.optuna_agents:ASHAAgent",
 }
 
 

@@ -39,7 +39,7 @@ from agents.base import FREE_LIMIT, Budget, BudgetExhausted
 from netcomp.distill import torch_threads  # noqa: F401 (re-exported: the harness's thread helper)
 from netcomp.errors import UserError
 from netcomp.files import remove_stale_temporaries, torch_save_atomic, write_text_atomic
-from runner.recorder import RunLog, best, read_records
+from runner.recorder import RunLog, best, full_fidelity, read_records
 from runner.report import best_table, write_plots
 
 #: The run settings a config may hold, with their defaults.
@@ -804,14 +804,16 @@ def _progress(config: dict, budget: Budget, log: RunLog, run_dir: Path) -> Itera
                unit="eval", disable=None)
 
     start, first = time.perf_counter(), budget.used
-    top = [max((float(r["reward"]) for r in log.records), default=-math.inf)]
+    top = [max((float(r["reward"]) for r in log.records if full_fidelity(r)), default=-math.inf)]
     plain = bar.disable  # not a terminal (CI, nohup, a pipe, a notebook): one line per evaluation instead
 
     def on_evaluation(record: dict) -> None:
         writer.add_scalar("reward", record["reward"], record["index"])
         writer.add_scalar("accuracy", record["accuracy"] or 0.0, record["index"])
         writer.add_scalar("compression", record["compression"] or 0.0, record["index"])
-        best = top[0] = max(top[0], float(record["reward"]))  # running best: no rescan of every record
+        if full_fidelity(record):  # a lower rung's reward (ASHA) is not a candidate for the best
+            top[0] = max(top[0], float(record["reward"]))  # running best: no rescan of every record
+        best = top[0]
         bar.update(1)
         bar.set_postfix(best=f"{best:.4f}")
         if plain:
@@ -918,8 +920,8 @@ def finish(config: dict, run_dir: Path, agent: Any, log: RunLog, resumed: bool, 
     problems = accounting_problems(config, log)
     records = read_records(run_dir / "evaluations.jsonl")
     best_meta = agent.notes.get("final")
-    valid = [r for r in records if r["valid"]]
-    best_index = best_valid(records)["index"] if valid else None
+    full = [r for r in records if full_fidelity(r)]  # not a multi-fidelity agent's lower rungs
+    best_index = best_valid(records)["index"] if any(r["valid"] for r in full) else None
     if best_meta is None and (run_dir / "best_student.pt").exists():  # saved before a kill: keep it if still best
         best_meta = _student_meta(run_dir / "best_student.pt")
         if (best_meta or {}).get("index") != best_index:
@@ -930,7 +932,7 @@ def finish(config: dict, run_dir: Path, agent: Any, log: RunLog, resumed: bool, 
         best_meta = runner_meta or best_meta
     shared = shared_final(agent, records, run_dir, runner_meta) if config["run"].get("shared_final") else None
     exported = export_best(agent, run_dir) if config["run"].get("export", True) else None
-    write_plots(records, run_dir)
+    write_plots(full, run_dir)
     if agent.has_policy:  # the policy as it ends (after an extension too)
         agent.save_policy(run_dir / "policy.pt")
     previous = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
@@ -949,7 +951,7 @@ def finish(config: dict, run_dir: Path, agent: Any, log: RunLog, resumed: bool, 
     }
     write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1, default=str))
     print(f"\nBest students ({len(records)} evaluations, run directory {run_dir}):")
-    print(best_table(records))
+    print(best_table(full))
     if best_meta:
         print("\nbest student:", json.dumps({k: v for k, v in best_meta.items() if k != "arch"}, default=str))
     for problem in problems:

@@ -130,8 +130,8 @@ def replay_info(env: Any, record: dict, run_dir: Path) -> dict:
     base.evaluator.cache.clear()
     threads = int(record["replay"].get("threads") or torch.get_num_threads())
     with torch_threads(threads):
-        if record.get("student") is None:
-            return base.evaluate_many([record["action"]])[0]
+        if record.get("student") is None:  # a lower rung's record (ASHA) is scored at that rung again
+            return base.evaluate_many([record["action"]], steps=record.get("rung"))[0]
         weights = None
         if record.get("weights"):
             weights = torch.load(run_dir / record["weights"], map_location="cpu", weights_only=True)
