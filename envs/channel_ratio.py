@@ -21,8 +21,9 @@ from netcomp.surgery import blocks_of, keep_channels, set_conv_widths, set_stage
 #: depend on the group's width. All are scaled by fixed constants, so a policy transfers across teachers.
 GROUP_FEATURES = (*AMC_FEATURES, "log_producers", "macs_share")
 SELECTIONS = ("norm", "first")
-#: What one width entry of the action sets: a coupling group (AMC) or a single conv (TAS).
-GRANULARITIES = ("group", "conv")
+#: What one width entry of the action sets: a coupling group (AMC), a single conv (TAS), or every group of a
+#: residual stage at once (NATS-Bench's size space; with ``depth=True`` TAS's width-and-depth per stage).
+GRANULARITIES = ("group", "conv", "stage")
 BUDGET_METRICS = ("macs", "params")
 
 
@@ -118,8 +119,11 @@ class ChannelRatioEnv(CompressionEnv):
     every main-path conv (:func:`netcomp.surgery.width_convs`, the stem included) keeps its first channels
     on its own, projection shortcuts follow their block's last conv, and a block whose identity shortcut
     now joins two widths gets a fresh 1x1 conv + BN projection (:func:`netcomp.surgery.set_conv_widths`).
-    With ``depth=True`` one more entry per stage (after the width entries) says how many of the stage's
-    first blocks are kept.
+    With ``granularity="stage"`` an entry sets the width of a whole residual stage: every channel group whose
+    producers lie in that stage (its residual group, the stem's width with it for the first stage, and each
+    block's inner width) keeps the same ratio, by the ``selection`` of the group space (a group with no
+    producer in a stage keeps its width). With ``depth=True`` one more entry per stage (after the width
+    entries) says how many of the stage's first blocks are kept.
 
     ## Action Space
     - oneshot: ``Box(-1, 1, (G,), float32)``, one entry per group (G groups, in node order).
@@ -128,7 +132,8 @@ class ChannelRatioEnv(CompressionEnv):
     and a = 1 keeps everything; a group of width w keeps max(1, round(r * w)) channels (rounded half up,
     then up to a multiple of the groups of any grouped conv reading it). Actions outside the box, NaN,
     wrong shapes or non-numeric values raise ValueError. ``granularity="conv"``: G is the number of
-    width-setting convs (plus one per stage with ``depth=True``); a stage entry a of a stage with n blocks
+    width-setting convs (plus one per stage with ``depth=True``); ``granularity="stage"``: G is the number
+    of stages (twice that with ``depth=True``); a stage entry a of a stage with n blocks
     keeps d = min(n, 1 + floor((a + 1) / 2 * n)) blocks (a = -1 keeps one block, a = 1 all of them).
 
     ## Observation Space
@@ -138,7 +143,8 @@ class ChannelRatioEnv(CompressionEnv):
       groups), log2(1 + producers) / 6 and the share of the teacher's MACs its width controls.
       ``granularity="conv"``: a conv's row holds its own AMC features and its group's last two columns
       (as the ranking-affine space's conv genome); a stage row holds position, log10 of the stage's MACs,
-      log2(1 + blocks) / 6 and the stage's share of the teacher's MACs (other columns 0).
+      log2(1 + blocks) / 6 and the stage's share of the teacher's MACs (other columns 0); with
+      ``granularity="stage"`` the width entries have the stage rows too.
     - sequential: ``Box(-10, 10, (15,), float32)``: the current group's 12 features plus (position in
       [0, 1], fraction of the teacher's MACs removed by the groups decided so far, previous keep ratio).
 
@@ -171,7 +177,8 @@ class ChannelRatioEnv(CompressionEnv):
     entries (ValueError otherwise).
 
     ## Version History
-    - v0: initial version; ``granularity`` and ``depth`` options added (issue 12, TAS's space).
+    - v0: initial version; ``granularity`` and ``depth`` options added (TAS's space), then
+      ``granularity="stage"`` (a width per stage, the ResNet-20 width-and-depth table).
     """
 
     space = "channel-ratio"
@@ -218,7 +225,16 @@ class ChannelRatioEnv(CompressionEnv):
         stages = blocks_of(self.arch)
         #: Stage entries (with depth=True): stage name -> its number of blocks, in stage order.
         self.stages = {s: len(b) for s, b in stages.items()} if self.depth else {}
-        if self.granularity == "group":
+        if self.granularity == "stage":
+            if not stages:
+                raise ValueError(f"granularity='stage' sets one width per residual stage, and {self.arch.family} "
+                                 f"has no stages; use granularity='group' or 'conv'")
+            #: per group (in cost.gids order): the index of the stage whose width entry sets it (None: none)
+            self._stage_of_group = [self._group_stage(gid, list(stages)) for gid in self.cost.gids]
+            self.width_entries = tuple(f"{s}.width" for s in stages)
+            self._full = [1] * len(stages)  # widths are per group here (no budget wall in this space)
+            self._granularity = [1] * len(stages)
+        elif self.granularity == "group":
             #: The entries that set widths (groups or convs), before the stage entries.
             self.width_entries = self.cost.gids
             self._full = self.cost.full.tolist()
@@ -231,7 +247,9 @@ class ChannelRatioEnv(CompressionEnv):
         return (*self.width_entries, *self.stages)
 
     def _features(self) -> np.ndarray:
-        if self.granularity == "group":
+        if self.granularity == "stage":
+            rows = stage_features(self.arch, [w.removesuffix(".width") for w in self.width_entries])
+        elif self.granularity == "group":
             rows = group_features(self.arch, self.cost)
         else:
             rows = conv_features(self.arch, self.cost, self.width_entries)
@@ -271,7 +289,7 @@ class ChannelRatioEnv(CompressionEnv):
         if t == 0:
             self._raw = []
         self._raw.append(value)
-        if self.granularity == "conv" or self.stages:
+        if self.granularity != "group" or self.stages:
             value = self._entry_value(value, t)
             full = [1.0] * len(self.layers)
             student = self.student_of_values([*self._values[:t], value, *full[t + 1:]])
@@ -283,7 +301,7 @@ class ChannelRatioEnv(CompressionEnv):
 
     def _make_student(self, values: list[float]) -> tuple[Arch, dict[str, Any]]:
         raw = list(self._raw) if self.mode == "sequential" else list(values)
-        if self.granularity == "conv" or self.stages:
+        if self.granularity != "group" or self.stages:
             return self._make_entry_student(values)
         ratios: list[float] = []
         for t, value in enumerate(values):  # idempotent on ratios that already passed the wall step by step
@@ -305,13 +323,12 @@ class ChannelRatioEnv(CompressionEnv):
         self._raw = [float(r) for r in state["raw"]]
 
     def _make_entry_student(self, values: list[float]) -> tuple[Arch, dict[str, Any]]:
-        """Student and info of the conv-granularity and/or depth space (no budget wall there)."""
+        """Student and info of the conv- or stage-granularity and/or depth space (no budget wall there)."""
         n = len(self.width_entries)
-        widths = [self._width(r, i) for i, r in enumerate(values[:n])]
         depths = {s: round(v * b) for (s, b), v in zip(self.stages.items(), values[n:])}
         info = {  # raw ratios: the action's (self._raw in both modes), ratios: after the depth mapping
             "raw_ratios": [float(r) for r in self._raw], "ratios": [float(r) for r in values],
-            "widths": dict(zip(self.width_entries, widths)), "budget": None,
+            "widths": self._entry_widths(values[:n]), "budget": None,
             "budget_metric": self.budget_metric, "budget_met": True,
         }
         if self.stages:
@@ -321,9 +338,28 @@ class ChannelRatioEnv(CompressionEnv):
     def student_of_values(self, values: list[float]) -> Arch:
         """The student of per-entry values (width ratios, then kept block fractions) of this env's space."""
         n = len(self.width_entries)
-        widths = [self._width(r, i) for i, r in enumerate(values[:n])]
         depths = {s: round(v * b) for (s, b), v in zip(self.stages.items(), values[n:])}
+        if self.granularity == "stage":
+            return self._group_student(self._entry_widths(values[:n]), depths)
+        widths = [self._width(r, i) for i, r in enumerate(values[:n])]
         return self.student_of_widths(widths, depths)
+
+    def _entry_widths(self, ratios: list[float]) -> dict[str, int]:
+        """The kept width of each width entry (a group or conv), or with ``granularity="stage"`` of each group
+        its stage's ratio sets (a group outside every stage keeps its width)."""
+        if self.granularity != "stage":
+            return {key: self._width(r, i) for i, (key, r) in enumerate(zip(self.width_entries, ratios))}
+        full, step = self.cost.full.tolist(), list(self.cost.granularity)
+        return {gid: round_width(ratios[k] * full[j], full[j], step[j]) if k is not None else full[j]
+                for j, (gid, k) in enumerate(zip(self.cost.gids, self._stage_of_group))}
+
+    def _group_stage(self, gid: str, stages: list[str]) -> int | None:
+        """The index of the stage of a group's first producer that lies in a stage (None: none does)."""
+        for name in self.arch.group(gid).producers:
+            stage = self.arch.node(name).stage
+            if stage in stages:
+                return stages.index(stage)
+        return None
 
     # ------------------------------------------------------------------ public helpers
     def ratio_of(self, a: float) -> float:
@@ -338,6 +374,14 @@ class ChannelRatioEnv(CompressionEnv):
         if self.granularity == "conv":
             student = set_stage_depths(self.arch, cut) if cut else self.arch
             return set_conv_widths(student, {k: w for k, w in changed.items() if k in student.index})
+        return self._group_student(changed, depths)
+
+    def _group_student(self, widths: Mapping[str, int], depths: Mapping[str, int] | None = None) -> Arch:
+        """The student keeping ``widths[gid]`` channels of each named group (by ``selection``) and the first
+        ``depths[stage]`` blocks of each stage."""
+        full = dict(zip(self.cost.gids, self.cost.full.tolist()))
+        changed = {gid: w for gid, w in widths.items() if w < full[gid]}
+        cut = {s: d for s, d in (depths or {}).items() if d < self.stages.get(s, d + 1)}
         if self.selection == "first":
             student = set_widths(self.arch, changed)
         else:

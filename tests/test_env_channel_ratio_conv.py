@@ -107,3 +107,50 @@ def test_bad_options_are_refused(tiny):
         make(tiny, depth="yes")
     with pytest.raises(ValueError, match="grouped"):
         width_convs(build_arch("shufflenet"))
+
+
+# ------------------------------------------------------------------ granularity="stage" (a width per stage)
+@pytest.mark.parametrize("mode", ["oneshot", "sequential"])
+def test_stage_granularity_passes_the_checkers_with_a_width_and_a_depth_per_stage(tiny, mode, recwarn):
+    env = make(tiny, mode=mode, granularity="stage", depth=True, render_mode="ansi")
+    run_checkers(env, recwarn)
+    assert env.layers == ("layer1.width", "layer2.width", "layer3.width", "layer1", "layer2", "layer3")
+
+
+def test_a_stage_width_sets_every_group_of_its_stage_and_nothing_else(tiny):
+    env = make(tiny, granularity="stage", depth=True, lbound=0.25)
+    stage_of = {"layer1": 0, "layer2": 1, "layer3": 2}
+    for gid, k in zip(env.cost.gids, env._stage_of_group):  # every ResNet-20 group lies in one stage
+        producers = env.arch.group(gid).producers
+        assert k == stage_of[next(env.arch.node(p).stage for p in producers if env.arch.node(p).stage)]
+    action = np.array([-1.0, 1 / 3, 1.0, 1.0, -1.0, 0.0], np.float32)  # keep 1/4, 3/4, all; 3, 1, 2 blocks
+    env.reset(seed=0)
+    *_, info = env.step(action)
+    full = dict(zip(env.cost.gids, env.cost.full.tolist()))
+    ratio = {0: 0.25, 1: 0.75, 2: 1.0}
+    assert info["widths"] == {g: width_of(ratio[k], full[g]) for g, k in zip(env.cost.gids, env._stage_of_group)}
+    assert info["depths"] == {"layer1": 3, "layer2": 1, "layer3": 2}
+    student = env.student
+    assert {s: len(b) for s, b in blocks_of(student).items()} == info["depths"]
+    assert student.shapes["conv1"][0] == width_of(0.25, 16)  # the stem follows the first stage's width
+    assert student.shapes["layer3.0.conv1"][0] == 64 and student.shapes["layer2.0.conv2"][0] == width_of(0.75, 32)
+    model = build_module(student)
+    assert sum(p.numel() for p in model.parameters()) == count_params(student) == info["params"]
+    assert count_macs(student) == info["macs"] == flop_counter_macs(model, (3, 16, 16))
+
+
+def test_the_stage_grid_of_four_widths_and_three_depths_holds_1728_students(tiny):
+    from itertools import product
+
+    from netcomp.arch import arch_key
+
+    env = make(tiny, granularity="stage", depth=True, lbound=0.25)
+    levels = np.linspace(-1.0, 1.0, 4)
+    keys = {arch_key(env.student_for(levels[[w1, w2, w3, d1, d2, d3]]))
+            for w1, w2, w3 in product(range(4), repeat=3) for d1, d2, d3 in product((0, 1, 3), repeat=3)}
+    assert len(keys) == 4 ** 3 * 3 ** 3
+
+
+def test_a_network_without_stages_refuses_the_stage_granularity(tiny):
+    with pytest.raises(ValueError, match="has no stages"):
+        make({**tiny}, arch="lenet5", granularity="stage")
