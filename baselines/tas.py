@@ -550,9 +550,17 @@ class TASAgent(Agent):
         self.notes["genotype"] = {
             "widths": dict(zip(self.space.convs, widths)), "depths": dict(zip(self.space.stages, depths)),
             "flops": self.exact(widths, depths), "max_flops": self.max_flop,
-            "target_flops": self.config.flop_ratio * self.max_flop, "epochs": self.epoch,
+            "target_flops": self.flop_ratio * self.max_flop, "flop_ratio": self.flop_ratio, "epochs": self.epoch,
             "search_seconds": self.search_seconds,
         }
+
+    @property
+    def flop_ratio(self) -> float:
+        """TAS's FLOPs target as a fraction of MAX_FLOP: an operating-point target's MACs fraction when the env
+        has one (the protocol's 2x/4x/8x; the FLOPs loss then aims at it), else the config's ``flop_ratio``. A
+        params-only target leaves the config's (TAS's loss counts FLOPs)."""
+        target = self.env.unwrapped.target or {}
+        return float(target.get("macs", self.config.flop_ratio))
 
     def search_plan(self) -> tuple[int, int | None, int | None]:
         """(epochs, steps per epoch or None, training images or None) of the search after the fidelity caps."""
@@ -592,7 +600,7 @@ class TASAgent(Agent):
         train.set_epoch(self.epoch)
         valid.set_epoch(self.epoch)
         net.train()
-        target = cfg.flop_ratio * self.max_flop
+        target = self.flop_ratio * self.max_flop
         sums = {"loss": 0.0, "arch_loss": 0.0, "acc": 0.0, "steps": 0}
         for (xt, yt), (xv, yv) in zip(train, _cycle(valid)):
             self.w_opt.zero_grad(set_to_none=True)

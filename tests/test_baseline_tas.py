@@ -226,3 +226,14 @@ def test_run_agent_smoke_end_to_end(tiny_config, tmp_path):
     # a finished run resumes to nothing: no evaluation is added
     assert cli("--resume", out) == 0
     assert len((out / "evaluations.jsonl").read_text().splitlines()) == 1
+
+
+def test_an_operating_point_target_sets_the_flops_loss_target(tiny):
+    config = TASConfig(search_epochs=1, batch_size=32, search_follow_fidelity=False, final=False, flop_ratio=0.5)
+    assert make_agent(tiny, config).flop_ratio == 0.5
+    agent = make_agent({**tiny, "target": {"macs": 0.25}}, config)
+    assert agent.flop_ratio == 0.25  # the protocol's 4x fewer MACs, not the config's 0.5
+    assert make_agent({**tiny, "target": {"params": 0.25}}, config).flop_ratio == 0.5  # TAS counts FLOPs only
+    agent.run()
+    genotype = agent.notes["genotype"]
+    assert genotype["flop_ratio"] == 0.25 and genotype["target_flops"] == pytest.approx(0.25 * agent.max_flop)
