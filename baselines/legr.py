@@ -41,6 +41,7 @@ from netcomp.arch import Arch
 from netcomp.checks import as_bool, as_float, as_floats, as_int
 from netcomp.distill import TrainConfig
 from netcomp.jsonl import to_jsonable
+from netcomp.surgery import keep_channels
 
 #: The agents' stages; ``state()["stage"]`` is one of them.
 STAGES = ("search", "deploy", "done")
@@ -389,5 +390,34 @@ class UniformAgent(_Deploying):
         return env.plan_student(plan), {"met_target": plan.met_target, "ratio": ratio, "widths": plan.widths}
 
 
-__all__ = ["DeployConfig", "L2GlobalAgent", "LegrAgent", "LegrConfig", "UniformAgent", "anneal_step",
-           "finetune_report", "mutate", "random_genome", "tournament"]
+class RandomChannelsAgent(UniformAgent):
+    """The random-selection baseline of pruning studies (Blalock et al., "What is the state of neural network
+    pruning?", MLSys 2020, arXiv:2003.03033): the uniform baseline's keep ratio at the FLOPs target, but each
+    group keeps a random subset of its channels (as many as the uniform baseline keeps, so the same widths and
+    MACs) instead of its largest-norm filters. Beside ``uniform`` it separates what the ratio buys from what
+    the filter choice buys. The subset is drawn from the agent's seed and the target: a run is reproducible.
+    """
+
+    name: ClassVar[str] = "uniform-random"
+
+    def deployed(self, target: float) -> tuple[Arch, dict[str, Any]]:
+        env = self.env.unwrapped
+        plan, ratio = env.uniform_plan(target)
+        rng = np.random.default_rng([self.seed, round(target * 1_000_000)])
+        keep = {gid: random_channels(env.arch, gid, len(idx), rng) for gid, idx in plan.keep.items()}
+        changed = {gid: idx for gid, idx in keep.items() if len(idx) < len(env.scores[gid])}
+        return keep_channels(env.arch, changed), {"met_target": plan.met_target, "ratio": ratio,
+                                                  "widths": plan.widths, "selection": "random"}
+
+
+def random_channels(arch: Arch, gid: str, width: int, rng: np.random.Generator) -> list[int]:
+    """``width`` random channels of group ``gid``, sorted; a group produced by grouped convs keeps the same
+    number in every conv group (its width is a multiple of the groups)."""
+    n = arch.group(gid).width
+    blocks = max(arch.node(p).groups for p in arch.group(gid).producers)
+    step, per = n // blocks, width // blocks
+    return sorted(b * step + int(i) for b in range(blocks) for i in rng.choice(step, size=per, replace=False))
+
+
+__all__ = ["DeployConfig", "L2GlobalAgent", "LegrAgent", "LegrConfig", "RandomChannelsAgent", "UniformAgent",
+           "anneal_step", "finetune_report", "mutate", "random_genome", "random_channels", "tournament"]

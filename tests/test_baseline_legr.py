@@ -227,3 +227,24 @@ def test_kill_and_resume_repeats_no_evaluation(tmp_path):
     meta = torch.load(out / "best_student.pt", weights_only=True)["meta"]  # LeGR's deployment saved it
     assert meta["agent"] == "legr" and "flops_target" in meta and "finetune" in meta
 
+
+
+def test_random_channels_keep_the_uniform_widths_with_other_channels_drawn_from_the_seed(env):
+    from baselines.legr import RandomChannelsAgent
+
+    plan, _ = env.uniform_plan(0.5)
+    def keeps(student):
+        return [n.keep for n in student.nodes if n.op == "conv"]
+
+    students = {}
+    for seed in (0, 0, 1):
+        agent, log = agent_on(env, RandomChannelsAgent, budget=2, seed=seed, finetune=False)
+        agent.run()
+        assert len(log.records) == 1 and log.records[0]["macs"] == plan.macs  # the uniform widths, at the target
+        students.setdefault(seed, []).append(keeps(agent.deployed(0.5)[0]))
+    kept = agent.deployed(0.5)[0]
+    assert keeps(kept) != keeps(env.plan_student(plan))  # not the largest-norm filters
+    assert students[0][0] == students[0][1] != students[1][0]  # reproducible from the seed, another for another
+    for node in kept.nodes:
+        if node.op == "conv" and node.keep is not None:
+            assert len(node.keep) == len(set(node.keep)) and list(node.keep) == sorted(node.keep)
