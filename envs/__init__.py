@@ -15,7 +15,11 @@ import gymnasium as gym
 
 from netcomp.checks import did_you_mean
 from netcomp.data import DATASETS
+from netcomp.fx_import import CUSTOM_ARCH
 from netcomp.zoo import ARCHS
+
+#: The archs of env ids: the zoo's, and ``custom`` (your own model: ``teacher_model=``, netcomp.fx_import).
+ENV_ARCHS: tuple[str, ...] = (*ARCHS, CUSTOM_ARCH)
 
 #: Entry point of each action space (imported by gymnasium.make when first used).
 SPACES: dict[str, str] = {
@@ -39,12 +43,12 @@ def parse_env_id(name: str) -> str:
         if short.startswith(space + "-"):
             rest = short[len(space) + 1:]
             arch, _, dataset = rest.partition("-")
-            if arch in ARCHS and dataset in DATASETS:
+            if arch in ENV_ARCHS and dataset in DATASETS:
                 return env_id(space, arch, dataset)
-    known = [f"{space}-{arch}-{dataset}" for space in SPACES for arch in ARCHS for dataset in DATASETS]
+    known = [f"{space}-{arch}-{dataset}" for space in SPACES for arch in ENV_ARCHS for dataset in DATASETS]
     raise ValueError(f"unknown environment {name!r}{did_you_mean(short, known)}; ids are SPACE-ARCH-DATASET with "
                      f"SPACE in "
-                     f"{', '.join(SPACES)}, ARCH in {', '.join(ARCHS)}, DATASET in {', '.join(DATASETS)}")
+                     f"{', '.join(SPACES)}, ARCH in {', '.join(ENV_ARCHS)}, DATASET in {', '.join(DATASETS)}")
 
 
 def make_space_env(space: str, **kwargs: Any) -> gym.Env:
@@ -56,7 +60,7 @@ def make_space_env(space: str, **kwargs: Any) -> gym.Env:
 
 def _register_all() -> None:
     for space in SPACES:
-        for arch in ARCHS:
+        for arch in ENV_ARCHS:
             for dataset in DATASETS:
                 eid = env_id(space, arch, dataset)
                 if eid not in gym.registry:
@@ -66,4 +70,4 @@ def _register_all() -> None:
 
 _register_all()
 
-__all__ = ["SPACES", "env_id", "parse_env_id"]
+__all__ = ["ENV_ARCHS", "SPACES", "env_id", "parse_env_id"]

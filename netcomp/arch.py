@@ -24,15 +24,22 @@ from functools import cached_property
 
 import numpy as np
 
-#: Ops that the IR knows. "gap" is a global average pool to 1x1 (works for any image size).
+#: Elementwise activations the IR knows: the zoo uses "relu"; the others come with imported models
+#: (netcomp.fx_import): MobileNetV2's ReLU6, MobileNetV3's hard-swish and hard-sigmoid, EfficientNet's SiLU
+#: and the sigmoid gate of squeeze-and-excitation blocks.
+ACTIVATIONS = ("relu", "relu6", "hardswish", "silu", "sigmoid", "hardsigmoid")
+#: Ops that the IR knows. "gap" is a global average pool to 1x1 (works for any image size). "mul" multiplies
+#: a (C, H, W) tensor by a (C, 1, 1) gate (squeeze-and-excitation); "slice" takes ``out_channels`` channels
+#: from channel ``start`` on (ShuffleNetV2's channel split).
 OPS = (
     "input", "conv", "bn", "relu", "maxpool", "avgpool", "gap", "linear",
     "flatten", "add", "identity", "concat", "shuffle",
+    *ACTIVATIONS[1:], "mul", "slice",
 )
 #: Ops whose output channels are their input's channels, index for index.
-PASSTHROUGH_OPS = ("bn", "relu", "maxpool", "avgpool", "gap", "identity")
+PASSTHROUGH_OPS = ("bn", "relu", "maxpool", "avgpool", "gap", "identity", *ACTIVATIONS[1:])
 #: Ops that count as a "layer" for agents (N2N tokens, removal/shrink targets, descriptors).
-LAYER_OPS = ("conv", "bn", "relu", "maxpool", "avgpool", "gap", "linear")
+LAYER_OPS = ("conv", "bn", "relu", "maxpool", "avgpool", "gap", "linear", *ACTIVATIONS[1:])
 #: Linear layers wider than this are invalid (N2N's LINEAR_THRESHOLD).
 LINEAR_THRESHOLD = 50_000
 
@@ -51,6 +58,7 @@ class Node:
     linear; ``kernel``/``stride``/``padding`` for conv and pools; ``groups`` for conv (``depthwise``
     makes groups follow the input width) and for shuffle. ``role`` is "main" or "shortcut" (projection
     shortcut layers), ``block`` and ``stage`` tag residual blocks and stages for block-level surgery.
+    ``start`` is a slice's first channel.
     """
 
     name: str
@@ -67,6 +75,7 @@ class Node:
     block: str = ""
     stage: str = ""
     keep: tuple[int, ...] | None = None
+    start: int = 0
 
     def __post_init__(self) -> None:
         if self.op not in OPS:
@@ -235,6 +244,8 @@ def _declared_shape(node: Node, ins: list[Shape]) -> Shape:
         return (node.out_channels,)
     if node.op == "concat":
         return (sum(s[0] for s in ins), *x[1:])
+    if node.op == "slice":
+        return (node.out_channels, *x[1:])
     if node.op == "conv" and len(x) == 3:
         size = (_spatial_out(s, node.kernel, node.stride, node.padding) for s in x[1:])
         return (x[0] if node.depthwise else node.out_channels, *size)
@@ -258,7 +269,9 @@ def _node_shape(arch: Arch, node: Node, ins: list[Shape]) -> Shape:
         return (int(np.prod(x)),)
     if op in ("add", "concat"):
         return _merge_shape(node, ins)
-    if op in ("relu", "identity", "bn") and len(x) == 1:
+    if op == "mul":
+        return _gate_shape(node, ins)
+    if (op in ACTIVATIONS or op in ("identity", "bn")) and len(x) == 1:
         return x
     if len(x) != 3:
         raise ArchError(f"{op} {node.name!r} needs a (C, H, W) input, got shape {x}")
@@ -272,9 +285,26 @@ def _node_shape(arch: Arch, node: Node, ins: list[Shape]) -> Shape:
         return (c, oh, ow)
     if op == "gap":
         return (c, 1, 1)
+    if op == "slice":
+        return _slice_shape(node, c, h, w)
     if op == "shuffle" and c % node.groups:
         raise ArchError(f"shuffle {node.name!r}: {c} channels not divisible by {node.groups} groups")
-    return x  # bn, relu, identity, shuffle
+    return x  # bn, activations, identity, shuffle
+
+
+def _slice_shape(node: Node, c: int, h: int, w: int) -> Shape:
+    if node.out_channels < 1 or node.start < 0 or node.start + node.out_channels > c:
+        raise ArchError(f"slice {node.name!r} takes channels [{node.start}, {node.start + node.out_channels}) "
+                        f"of a {c}-channel input")
+    return (node.out_channels, h, w)
+
+
+def _gate_shape(node: Node, ins: list[Shape]) -> Shape:
+    """A mul's output: its inputs have one channel count and each either the largest map or a 1x1 gate."""
+    full = max(ins, key=lambda s: s[1] * s[2] if len(s) == 3 else 0)
+    if any(len(s) != 3 or s[0] != full[0] or s[1:] not in (full[1:], (1, 1)) for s in ins):
+        raise ArchError(f"mul {node.name!r} joins tensors of shapes {ins}; expected one shape, or a (C, 1, 1) gate")
+    return full
 
 
 def _conv_shape(node: Node, c: int, h: int, w: int) -> Shape:
@@ -320,7 +350,7 @@ class _UnionFind:
 
 def _is_passthrough(arch: Arch, node: Node) -> bool:
     """True if the node's output channels are its input's channels, index for index."""
-    if node.op in PASSTHROUGH_OPS or node.op == "add":
+    if node.op in PASSTHROUGH_OPS or node.op in ("add", "mul"):
         return True
     if node.op == "conv" and node.depthwise:
         return True
@@ -347,9 +377,10 @@ def channel_groups(arch: Arch) -> tuple[ChannelGroup, ...]:
     for names in members.values():
         nodes = [arch.node(n) for n in names]
         producers = tuple(n.name for n in nodes if n.op in ("conv", "linear") and not n.depthwise)
-        fixed = any(n.op in ("input", "concat", "shuffle") for n in nodes) or arch.nodes[-1].name in names
-        # a concat's width is the sum of its inputs': changing one would break the tensors coupled to it
-        fixed = fixed or any(arch.node(c).op == "concat" for n in names for c in arch.consumers[n])
+        fixed = any(n.op in ("input", "concat", "shuffle", "slice") for n in nodes) or arch.nodes[-1].name in names
+        # a concat's width is the sum of its inputs' (and a slice takes fixed channel positions): changing one
+        # would break the tensors coupled to it
+        fixed = fixed or any(arch.node(c).op in ("concat", "slice") for n in names for c in arch.consumers[n])
         groups.append(ChannelGroup(
             gid=names[0], width=shapes[names[0]][0], producers=producers,
             members=tuple(names), shrinkable=bool(producers) and not fixed,
@@ -405,9 +436,13 @@ def without_layers(arch: Arch, names: Iterable[str]) -> Arch:
 
 # ---------------------------------------------------------------------------- descriptors
 #: N2N's layer-type index (reference code order), kept so that N2N policies read the same integers.
-N2N_TYPE = {"conv": 1, "maxpool": 2, "relu": 3, "bn": 4, "linear": 5, "avgpool": 8, "gap": 8}
+N2N_TYPE = {"conv": 1, "maxpool": 2, "relu": 3, "bn": 4, "linear": 5, "avgpool": 8, "gap": 8,
+            **dict.fromkeys(ACTIVATIONS[1:], 3)}  # N2N knows one activation: every other one reads as ReLU
 #: ESNAC's 10-way one-hot order.
 ESNAC_TYPES = ("identity", "flatten", "concat", "shuffle", "conv", "maxpool", "avgpool", "relu", "bn", "linear")
+#: Ops outside ESNAC's ten types and the type they read as: a global pool is an average pool, every
+#: activation a ReLU, a channel slice a wiring op like a concat.
+ESNAC_ALIAS = {"gap": "avgpool", "slice": "concat", **dict.fromkeys(ACTIVATIONS[1:], "relu")}
 
 
 def _geometry(node: Node, in_shape: Shape) -> tuple[int, int, int]:
@@ -462,8 +497,9 @@ def esnac_nodes(arch: Arch) -> tuple[str, ...]:
 
     ESNAC has no add node: a node sums all its inputs, so a residual add is the input of the ReLU after it.
     Our adds are folded the same way (see :func:`esnac_edges`); ResNet-18 gives ESNAC's 60 nodes, VGG-19 55.
+    A squeeze-and-excitation ``mul`` is folded like an add.
     """
-    return tuple(n.name for n in arch.nodes if n.op not in ("input", "add", "identity"))
+    return tuple(n.name for n in arch.nodes if n.op not in ("input", "add", "mul", "identity"))
 
 
 def esnac_edges(arch: Arch, rows: Iterable[str] | None = None) -> set[tuple[str, str]]:
@@ -534,7 +570,7 @@ def esnac_descriptor(teacher: Arch, student: Arch | None = None, max_layers: int
         if node is None or node.op == "identity":
             out[i, ESNAC_TYPES.index("identity")] = 1.0
             continue
-        out[i, ESNAC_TYPES.index("avgpool" if node.op == "gap" else node.op)] = 1.0
+        out[i, ESNAC_TYPES.index(ESNAC_ALIAS.get(node.op, node.op))] = 1.0
         out[i, 10:16] = _esnac_attributes(node, shapes[node.inputs[0]], shapes[name])
     for s, d in edges:
         out[pos[d], ESNAC_BASE + pos[d] - pos[s]] = 1.0
@@ -615,7 +651,7 @@ def drop_identities(arch: Arch) -> Arch:
     nodes = []
     for node in arch.nodes:
         inputs = tuple(alias.get(i, i) for i in node.inputs)
-        if node.op == "identity" or (node.op == "add" and len(inputs) == 1):
+        if node.op == "identity" or (node.op in ("add", "mul") and len(inputs) == 1):
             alias[node.name] = inputs[0]
             continue
         nodes.append(replace(node, inputs=inputs))
@@ -634,6 +670,8 @@ def arch_key(arch: Arch, with_origin: bool = False) -> str:
     for node in arch.nodes:
         row = [node.op, [pos[i] for i in node.inputs], arch.shapes[node.name][0],
                node.kernel, node.stride, node.padding, node.groups, node.depthwise, node.bias]
+        if node.op == "slice":  # only for slices, so that every other network keeps its key
+            row.append(node.start)
         if with_origin:
             row += [node.name, list(node.keep) if node.keep is not None else None]
         rows.append(row)
@@ -648,7 +686,7 @@ def arch_to_dict(arch: Arch) -> dict:
     for node in arch.nodes:
         row = {"name": node.name, "op": node.op}
         for f in ("inputs", "out_channels", "kernel", "stride", "padding", "groups", "depthwise", "bias", "role",
-                  "block", "stage", "keep"):
+                  "block", "stage", "keep", "start"):
             value = getattr(node, f)
             if value != getattr(defaults, f):
                 row[f] = list(value) if isinstance(value, tuple) else value

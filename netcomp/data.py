@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 #: Names accepted by :func:`load_dataset`.
-DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "mnist", "fashionmnist", "svhn", "synthetic")
+DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "mnist", "fashionmnist", "svhn", "synthetic", "imagefolder")
 
 #: Where Debian's ``dataset-fashion-mnist`` package installs the four gzipped IDX files.
 FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
@@ -77,6 +77,11 @@ def dataset_shape(name: str) -> tuple[int, int, int]:
     if key == "synthetic":
         d = _SYNTHETIC_DEFAULTS
         return d["channels"], d["image_size"], d["num_classes"]
+    if key == "imagefolder":
+        from netcomp.errors import UserError
+
+        raise UserError("an image folder's shape (channels, size, classes) is known only once it is read: "
+                        "load_dataset('imagefolder', root=DIR)")
     classes, channels, size, *_ = _REAL_INFO[key]
     return channels, size, classes
 
@@ -195,8 +200,17 @@ def load_dataset(
     validation split (default 5000, capped so that train keeps at least one example; for ``synthetic`` the
     default is 500). ``seed`` and ``synthetic_kwargs`` (``num_classes``, ``channels``, ``image_size``,
     ``train_size``, ``test_size``) only affect ``synthetic``; real splits involve no randomness.
+    ``imagefolder`` reads your own class folders under ``root`` (:func:`netcomp.imagefolder.load_image_folder`,
+    whose options ``image_size``, ``channels``, ``mean``, ``std``, ``val_fraction``, ``test_fraction``,
+    ``augment`` and ``seed`` it takes).
     """
     key = _canonical_name(name)
+    if key == "imagefolder":
+        from netcomp.imagefolder import load_image_folder
+
+        if val_size is not None:
+            raise TypeError("imagefolder takes val_fraction (or a val/ folder), not val_size")
+        return load_image_folder(root, seed=seed, **synthetic_kwargs)
     if key == "synthetic":
         if val_size is not None:
             synthetic_kwargs = {**synthetic_kwargs, "val_size": val_size}

@@ -65,6 +65,8 @@ def layer_table(arch: Arch) -> list[LayerRow]:
             attrs.append(f"k{node.kernel} s{node.stride} p{node.padding}")
         if node.op == "conv" and arch.conv_groups(node) > 1:
             attrs.append("dw" if node.depthwise else f"g{node.groups}")
+        if node.op == "slice":
+            attrs.append(f"channels {node.start}:{node.start + node.out_channels}")
         if node.role != "main":
             attrs.append(node.role)
         if len(node.inputs) > 1:
@@ -173,6 +175,8 @@ class GroupCostModel:
             return zero, self.arch.shapes[node.name][0]
         if node.op == "concat":
             return sum((forms[i][0] for i in node.inputs), zero), sum(forms[i][1] for i in node.inputs)
+        if node.op == "slice":  # fixed channel positions of a fixed-width input (a slice's input never shrinks)
+            return zero, self.arch.shapes[node.name][0]
         coef, const = forms[node.inputs[0]]
         in_shape = self.arch.in_shape(node.name)
         if node.op == "flatten" and len(in_shape) == 3:

@@ -271,6 +271,12 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
 
 fx.wrap("channel_shuffle")
 
+#: The module of each activation op.
+ACTIVATION_MODULES: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish, "silu": nn.SiLU, "sigmoid": nn.Sigmoid,
+    "hardsigmoid": nn.Hardsigmoid,
+}
+
 
 def _make_module(arch: Arch, node: Node) -> nn.Module:
     in_shape = arch.in_shape(node.name)
@@ -282,8 +288,8 @@ def _make_module(arch: Arch, node: Node) -> nn.Module:
         return nn.Linear(in_shape[0], out, bias=node.bias)
     if node.op == "bn":
         return nn.BatchNorm2d(out) if len(in_shape) == 3 else nn.BatchNorm1d(out)
-    if node.op == "relu":
-        return nn.ReLU()
+    if node.op in ACTIVATION_MODULES:
+        return ACTIVATION_MODULES[node.op]()
     if node.op == "maxpool":
         return nn.MaxPool2d(node.kernel, node.stride, node.padding)
     if node.op == "avgpool":
@@ -324,11 +330,13 @@ def build_module(arch: Arch, device: str | torch.device | None = None) -> fx.Gra
         elif node.op in LAYER_OPS:
             _set_submodule(root, node.name, _make_module(arch, node))
             env[node.name] = graph.call_module(node.name, (ins[0],))
-        elif node.op == "add":
+        elif node.op in ("add", "mul"):
             value = ins[0]
             for other in ins[1:]:
-                value = graph.call_function(operator.add, (value, other))
+                value = graph.call_function(operator.add if node.op == "add" else operator.mul, (value, other))
             env[node.name] = value
+        elif node.op == "slice":
+            env[node.name] = graph.call_function(torch.narrow, (ins[0], 1, node.start, node.out_channels))
         elif node.op == "concat":
             env[node.name] = graph.call_function(torch.cat, (tuple(ins), 1))
         elif node.op == "flatten":
@@ -387,8 +395,10 @@ def _node_provenance(arch: Arch, teacher: Arch, t_group: Mapping[str, str], node
         if not in_teacher:
             return None
         return (t_group[node.name], node.keep if node.keep is not None else tuple(range(arch.shapes[node.name][0])))
-    if op == "add":
+    if op in ("add", "mul"):
         return ins[0] if all(p == ins[0] for p in ins) else None
+    if op == "slice":
+        return _slice_provenance(arch, teacher, t_group, node, ins[0])
     if op == "flatten" and len(arch.in_shape(node.name)) == 3 and arch.in_shape(node.name)[1:] != (1, 1):
         return _flatten_provenance(arch, teacher, t_group, node, ins[0])
     if op == "concat":
@@ -421,6 +431,19 @@ def _concat_provenance(teacher: Arch, t_group: Mapping[str, str], node: Node, in
         idx += [offset + i for i in p[1]]
         offset += teacher.shapes[t_in][0]
     return (t_group[node.name], tuple(idx))
+
+
+def _slice_provenance(arch: Arch, teacher: Arch, t_group: Mapping[str, str], node: Node,
+                      src: Provenance) -> Provenance:
+    """A slice of a tensor that holds all of its teacher tensor's channels, in order, takes the same channels as
+    the teacher's slice; anything else does not correspond to a teacher tensor."""
+    if src is None or node.name not in teacher.index:
+        return None
+    t_node = teacher.node(node.name)
+    if list(src[1]) != list(range(teacher.shapes[t_node.inputs[0]][0])) or (node.start, node.out_channels) != (
+            t_node.start, t_node.out_channels):
+        return None
+    return (t_group[node.name], tuple(range(node.out_channels)))
 
 
 def _shuffle_provenance(arch: Arch, teacher: Arch, t_group: Mapping[str, str], node: Node,
@@ -618,8 +641,10 @@ def _channels(arch: Arch, node: Node, chans: Mapping[str, int]) -> int:
         return node.out_channels
     if node.op == "concat":
         return sum(chans[i] for i in node.inputs)
-    if node.op == "add":
+    if node.op in ("add", "mul"):
         return max(chans[i] for i in node.inputs)
+    if node.op == "slice":
+        return node.out_channels
     return chans[node.inputs[0]]
 
 
