@@ -86,8 +86,7 @@ class SB3Agent(Agent):
     def state(self) -> dict[str, Any]:
         m = self.model
         return {
-            **super().state(), "format": SB3_FORMAT, "algorithm": self.algorithm.__name__,
-            "policy": m.policy.state_dict(), "optimizer": m.policy.optimizer.state_dict(),
+            **super().state(), "format": SB3_FORMAT, "algorithm": self.algorithm.__name__, **self._weights(),
             "num_timesteps": int(m.num_timesteps), "n_updates": int(getattr(m, "_n_updates", 0)),
             "episode_num": int(m._episode_num),
             "last_obs": None if m._last_obs is None else torch.as_tensor(np.asarray(m._last_obs)),
@@ -104,8 +103,7 @@ class SB3Agent(Agent):
                              f"(it may come from an older version that stored SB3 zips; start a new run)")
         self.model = self._new_model()
         m = self.model
-        m.policy.load_state_dict(state["policy"])
-        m.policy.optimizer.load_state_dict(state["optimizer"])
+        self._load_weights(state)
         m.num_timesteps, m._episode_num = state["num_timesteps"], state["episode_num"]
         if hasattr(m, "_n_updates"):
             m._n_updates = state["n_updates"]
@@ -118,6 +116,15 @@ class SB3Agent(Agent):
         torch.set_rng_state(state["torch_rng"])
         _set_numpy_state(state["numpy_rng"])
         random.setstate(_as_python_state(state["python_rng"]))
+
+    def _weights(self) -> dict[str, Any]:
+        """The learned tensors of the state: the policy and its optimiser (extended by :class:`AnySB3Agent`)."""
+        return {"policy": self.model.policy.state_dict(), "optimizer": self.model.policy.optimizer.state_dict()}
+
+    def _load_weights(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`_weights` saved into the freshly built model."""
+        self.model.policy.load_state_dict(state["policy"])
+        self.model.policy.optimizer.load_state_dict(state["optimizer"])
 
     # ------------------------------------------------------------------ transfer
     def save_policy(self, path: str | Path) -> None:

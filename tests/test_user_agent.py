@@ -46,3 +46,32 @@ def test_an_agent_by_module_path_and_bad_references(tmp_path):
         get_agent("no_such_package.mod:X")
     with pytest.raises(ValueError, match="unknown agent"):
         get_agent("nope")
+
+
+def readme_blocks(language: str) -> list[str]:
+    """The README's code blocks of ``language`` in the "Benchmark your agent" section, in order."""
+    section = README.read_text().split("## Benchmark your agent", 1)[1].split("\n## ", 1)[0]
+    return re.findall(rf"```{language}\n(.*?)```", section, re.S)
+
+
+def test_the_readme_policy_agent_is_the_example_file_and_learns_from_sequential_episodes(tiny_config, tmp_path):
+    import numpy as np
+    import torch
+    import yaml
+
+    example = README.parent / "examples" / "reinforce_agent.py"
+    assert readme_blocks("python")[1] == example.read_text()      # the README shows exactly the file
+    readme_yaml = [yaml.safe_load(b) for b in readme_blocks("yaml")]
+    assert yaml.safe_load((README.parent / "examples" / "sac.yml").read_text()) in readme_yaml
+    out = tmp_path / "run"
+    ref = f"{example}:ReinforceAgent"
+    assert cli("--env", "removal-resnet20-synthetic", "--agent", ref, "--budget", 4, "--config", tiny_config,
+               "--out", out) == 0
+    records = read_records(out / "evaluations.jsonl")
+    assert [r["index"] for r in records] == [0, 1, 2, 3]
+    assert len({len(r["action"]) for r in records}) == 1 and len(records[0]["action"]) > 1  # one action per layer
+    state = torch.load(out / "checkpoint.pt", weights_only=True)["agent"]
+    rewards = [r["reward"] for r in records]
+    assert (np.abs(np.array(state["weights"])).sum() > 0) == (len(set(rewards)) > 1)  # it learned from returns
+    assert state["baseline"] is not None
+    assert cli("--resume", out, "--agent", ref) == 0               # finished: nothing to do, no error
