@@ -45,13 +45,25 @@ def _print_table(info: dict) -> None:
 
 
 def train_teacher_command(args: argparse.Namespace) -> int:
-    """Train (or resume) a teacher with a recipe, then save it and its checksum into the shipped folder."""
+    """Train (or resume) a teacher with a recipe, then save it and its checksum into the shipped folder.
+
+    Shows a progress bar with an ETA on a terminal, else one line per epoch; says before it starts how long the
+    CPU would take, and after, the teacher's accuracy and whether it is below what the recipe should reach."""
     from pathlib import Path
 
     import torch
 
     from netcomp.data import load_dataset
-    from netcomp.teachers import SHIPPED_DIR, partial_path, ship_teacher, shipped_name, train_teacher
+    from netcomp.teachers import (
+        SHIPPED_DIR,
+        format_duration,
+        partial_path,
+        recipe_cpu_seconds,
+        ship_teacher,
+        shipped_name,
+        train_teacher,
+        weak_teacher_warning,
+    )
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -59,6 +71,9 @@ def train_teacher_command(args: argparse.Namespace) -> int:
     folder = Path(args.out) if args.out else SHIPPED_DIR
     checkpoint = partial_path(folder / shipped_name(args.arch, dataset.name))
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    estimate = (f"; about {format_duration(recipe_cpu_seconds(args.arch, dataset, args.recipe))} at "
+                f"{torch.get_num_threads()} threads (an estimate)" if torch.device(args.device).type == "cpu" else "")
+    print(f"training {args.arch} on {dataset.name} with recipe {args.recipe} on {args.device}{estimate}", flush=True)
     teacher = train_teacher(args.arch, dataset, args.recipe, device=args.device, seed=args.seed,
                             progress=True, checkpoint=checkpoint)
     path = ship_teacher(teacher, folder)
@@ -66,6 +81,9 @@ def train_teacher_command(args: argparse.Namespace) -> int:
     m = teacher.meta
     print(f"shipped {path}: val {m['val_accuracy']:.4f}, test {m['test_accuracy']:.4f}, "
           f"{m['train_seconds']:.0f} s of training")
+    weak = weak_teacher_warning(m["arch"], m["dataset"], m["recipe"], m["test_accuracy"])
+    if weak:
+        print(f"WARNING: {weak}")
     return 0
 
 

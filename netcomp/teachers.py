@@ -12,12 +12,16 @@ removes it once the teacher file is saved. Files are written atomically (tempora
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
 import os
+import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +32,7 @@ from torch import nn
 
 from netcomp.arch import Arch
 from netcomp.data import Dataset
-from netcomp.distill import TrainConfig, evaluate, train_model
+from netcomp.distill import TrainConfig, estimated_cpu_seconds, evaluate, train_model
 from netcomp.errors import UserError
 from netcomp.files import torch_save_atomic as _atomic_save
 from netcomp.metrics import count_macs, count_params
@@ -42,6 +46,18 @@ PARTIAL_KIND = "netcomp-teacher-partial"
 PARTIAL_FORMAT = 1
 #: Metadata keys a teacher file must have for :func:`load_teacher` to rebuild its module.
 _REQUIRED_META = ("format", "arch", "in_channels", "image_size", "num_classes")
+#: The recipe of the teacher an env trains where none is shipped and its fidelity names none: the recipe meant to
+#: reach a well-trained teacher in the least GPU time (configs/teachers.yaml says what it does and why).
+DEFAULT_RECIPE = "gpu-fast"
+#: Keys of a recipe that describe it rather than train it: not TrainConfig keys, not part of the cache key.
+RECIPE_INFO_KEYS = ("expected_test_accuracy",)
+#: A teacher training that the cost model puts above this many seconds on this CPU is warned about first.
+SLOW_TEACHER_SECONDS = 1800.0
+
+
+class TeacherWarning(UserWarning):
+    """A teacher below its recipe's expected accuracy, or a recipe that would train for hours on this CPU; the
+    message says what to do instead (a teacher file, a GPU, a shipped teacher)."""
 
 
 class CacheNotWritableError(OSError):
@@ -60,14 +76,35 @@ def load_yaml(name: str) -> dict[str, Any]:
         return yaml.safe_load(f) or {}
 
 
-def load_recipe(recipe: str | dict) -> tuple[str, TrainConfig]:
-    """(name, TrainConfig) of a recipe: a name from configs/teachers.yaml or an explicit mapping."""
+def _recipe_spec(recipe: str | dict) -> tuple[str, dict[str, Any]]:
+    """(name, mapping) of a recipe: a name from configs/teachers.yaml or an explicit mapping ("custom")."""
     if isinstance(recipe, dict):
-        return "custom", TrainConfig.from_dict(recipe)
+        return "custom", recipe
     recipes = load_yaml("teachers.yaml")
     if recipe not in recipes:
         raise ValueError(f"unknown teacher recipe {recipe!r}; configs/teachers.yaml has {', '.join(recipes)}")
-    return recipe, TrainConfig.from_dict(recipes[recipe])
+    return recipe, recipes[recipe]
+
+
+def load_recipe(recipe: str | dict) -> tuple[str, TrainConfig]:
+    """(name, TrainConfig) of a recipe: a name from configs/teachers.yaml or an explicit mapping; its
+    descriptive keys (:data:`RECIPE_INFO_KEYS`) are left out of the TrainConfig."""
+    name, spec = _recipe_spec(recipe)
+    return name, TrainConfig.from_dict({k: v for k, v in spec.items() if k not in RECIPE_INFO_KEYS})
+
+
+def expected_test_accuracy(recipe: str | dict | None, dataset_name: str | None, arch_name: str | None) -> float | None:
+    """The test accuracy a teacher of ``recipe`` should reach for ``arch_name`` on ``dataset_name`` (its
+    ``expected_test_accuracy`` in configs/teachers.yaml), or None where the recipe declares none (or is not a
+    recipe of this checkout), so a weak teacher can be told from a well-trained one."""
+    if recipe is None or dataset_name is None or arch_name is None:
+        return None
+    try:
+        _, spec = _recipe_spec(recipe)
+    except ValueError:
+        return None
+    value = ((spec.get("expected_test_accuracy") or {}).get(dataset_name) or {}).get(arch_name)
+    return None if value is None else float(value)
 
 
 @dataclass
@@ -176,8 +213,9 @@ def arch_for(arch_name: str, dataset: Dataset) -> Arch:
     return build_arch(arch_name, dataset.channels, dataset.image_size, dataset.num_classes)
 
 
-def train_teacher(arch_name: str, dataset: Dataset, recipe: str | dict = "fast", device: str | torch.device = "cpu",
-                  seed: int = 0, progress: bool = True, checkpoint: str | Path | None = None) -> Teacher:
+def train_teacher(arch_name: str, dataset: Dataset, recipe: str | dict = DEFAULT_RECIPE,
+                  device: str | torch.device = "cpu", seed: int = 0, progress: bool = True,
+                  checkpoint: str | Path | None = None) -> Teacher:
     """Train a zoo model on ``dataset``'s training split with cross-entropy and measure it.
 
     With ``checkpoint`` (a file path) the training state is written there atomically after every epoch,
@@ -185,10 +223,16 @@ def train_teacher(arch_name: str, dataset: Dataset, recipe: str | dict = "fast",
     training loses at most one epoch; on the CPU the resumed teacher is bit-identical to an uninterrupted
     one. An unreadable or foreign checkpoint is ignored with a warning. The file is left in place (the
     caller removes it once the teacher is saved, as :func:`get_teacher` does).
+
+    A recipe that would take hours on this CPU is warned about first (:class:`TeacherWarning`, whatever
+    ``progress``). With ``progress``: a progress bar with an ETA on a terminal, else one plain line per epoch.
     """
     recipe_name, config = load_recipe(recipe)
     if config.loss != "ce":
         raise ValueError(f"teacher recipe {recipe_name!r} uses loss {config.loss!r}; teachers train with 'ce'")
+    slow = slow_training_warning(arch_name, dataset, recipe, device)
+    if slow is not None:
+        warnings.warn(slow, TeacherWarning, stacklevel=2)
     arch = arch_for(arch_name, dataset)
     fingerprint = data_fingerprint(dataset)
     torch.manual_seed(seed)
@@ -196,7 +240,7 @@ def train_teacher(arch_name: str, dataset: Dataset, recipe: str | dict = "fast",
     key = {"arch": arch_name, "dataset": dataset.name, "data_fingerprint": fingerprint, "recipe": recipe_name,
            "recipe_config": config.to_dict(), "seed": seed}
     resume, earlier_seconds = None, 0.0
-    on_epoch_end = None
+    callbacks = []
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
         resume, earlier_seconds = _read_partial(checkpoint, key)
@@ -204,12 +248,16 @@ def train_teacher(arch_name: str, dataset: Dataset, recipe: str | dict = "fast",
             print(f"resuming teacher training from {checkpoint} after epoch {resume['epoch']}")
     start = time.perf_counter()
     if checkpoint is not None:
-        def on_epoch_end(state: dict[str, Any]) -> None:
+        def save_partial(state: dict[str, Any]) -> None:
             _atomic_save({"kind": PARTIAL_KIND, "format": PARTIAL_FORMAT, "key": key,
                           "seconds": earlier_seconds + time.perf_counter() - start, "state": state}, checkpoint)
-
-    result = train_model(model, dataset, config, device=device, seed=seed, progress=progress, resume=resume,
-                         on_epoch_end=on_epoch_end)
+        callbacks.append(save_partial)
+    bar = progress and on_terminal()
+    if progress and not bar:  # a log file or a pipe: no carriage-return bar, one line per epoch
+        callbacks.append(epoch_printer(f"teacher {arch_name}", int(resume["step"]) if resume else 0))
+    with _cudnn_autotune(device):
+        result = train_model(model, dataset, config, device=device, seed=seed, progress=bar, resume=resume,
+                             on_epoch_end=_each(callbacks))
     if not result.valid:
         raise RuntimeError(f"teacher training diverged: {result.invalid_reason}")
     val_acc, _ = evaluate(model, dataset.val, dataset, device=device)
@@ -225,6 +273,136 @@ def train_teacher(arch_name: str, dataset: Dataset, recipe: str | dict = "fast",
         "train_seconds": earlier_seconds + time.perf_counter() - start, "torch": str(torch.__version__),
     }
     return Teacher(arch, model.eval(), meta)
+
+
+def on_terminal() -> bool:
+    """Whether progress goes to a terminal (stderr, where tqdm draws), so a bar can redraw itself in place."""
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
+def epoch_printer(label: str, first_step: int = 0) -> Callable[[dict[str, Any]], None]:
+    """An ``on_epoch_end`` callback of :func:`netcomp.distill.train_students` that prints one plain line per
+    epoch (epoch of epochs, training loss, validation accuracy when measured, elapsed seconds and an ETA from
+    this session's pace) where no progress bar can show; ``first_step``: the step a resumed training starts at."""
+    start = time.perf_counter()
+
+    def show(state: dict[str, Any]) -> None:
+        entry = state["students"][0]["history"][-1]
+        epochs = math.ceil(state["total_steps"] / max(1, state["steps_per_epoch"]))
+        elapsed, done = time.perf_counter() - start, state["step"] - first_step
+        eta = elapsed / done * (state["total_steps"] - state["step"]) if done > 0 else math.nan
+        val = f", val acc {entry['val_accuracy']:.4f}" if entry.get("val_accuracy") is not None else ""
+        print(f"  {label} epoch {state['epoch']}/{epochs}: train loss {entry['train_loss']:.4f}{val}, "
+              f"elapsed {elapsed:.0f} s, ETA {eta:.0f} s", flush=True)
+    return show
+
+
+def _each(callbacks: list[Callable[[dict[str, Any]], None]]) -> Callable[[dict[str, Any]], None] | None:
+    """One callback that calls every one of ``callbacks`` in order (None for none)."""
+    if not callbacks:
+        return None
+
+    def call(state: dict[str, Any]) -> None:
+        for callback in callbacks:
+            callback(state)
+    return call
+
+
+@contextlib.contextmanager
+def _cudnn_autotune(device: str | torch.device) -> Iterator[None]:
+    """cuDNN's autotuner on CUDA while a teacher trains (its shapes never change, so the fastest kernels are
+    found once); the previous setting is restored. Nothing elsewhere."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def recipe_cpu_seconds(arch_name: str, dataset: Dataset, recipe: str | dict, threads: int | None = None) -> float:
+    """Estimated seconds to train ``arch_name`` on ``dataset`` with ``recipe`` on this CPU at ``threads`` torch
+    threads (default: the current count), from :func:`netcomp.distill.estimated_cpu_seconds`."""
+    _, config = load_recipe(recipe)
+    macs = count_macs(arch_for(arch_name, dataset))
+    return estimated_cpu_seconds(config, len(dataset.train), len(dataset.val), macs,
+                                 threads or torch.get_num_threads())
+
+
+def slow_training_warning(arch_name: str, dataset: Dataset, recipe: str | dict,
+                          device: str | torch.device) -> str | None:
+    """The warning for a teacher training that would take more than :data:`SLOW_TEACHER_SECONDS` on the CPU
+    (with how long and what to do instead), or None (not on the CPU, or quick enough)."""
+    if torch.device(device).type != "cpu":
+        return None
+    seconds = recipe_cpu_seconds(arch_name, dataset, recipe)
+    if seconds < SLOW_TEACHER_SECONDS:
+        return None
+    name = recipe if isinstance(recipe, str) else "custom"
+    return (f"training the {arch_name} teacher on {dataset.name} with recipe {name!r} on the CPU will take about "
+            f"{format_duration(seconds)} at {torch.get_num_threads()} threads (an estimate; longer under load; a "
+            f"killed training resumes from its last epoch). {teacher_advice(arch_name, dataset.name)}")
+
+
+def weak_teacher_warning(arch_name: str | None, dataset_name: str | None, recipe: str | None,
+                         test_accuracy: float | None) -> str | None:
+    """The warning for a teacher whose test accuracy is below what its recipe should reach for its arch and
+    data (:func:`expected_test_accuracy`), saying what to do instead; None when it is not below, or when
+    either figure is unknown."""
+    expected = expected_test_accuracy(recipe, dataset_name, arch_name)
+    if expected is None or test_accuracy is None or test_accuracy >= expected:
+        return None
+    return (f"the teacher's test accuracy {test_accuracy:.4f} is below the {expected:.4f} that recipe {recipe!r} "
+            f"should reach for {arch_name} on {dataset_name}: compressing a poorly trained teacher says little "
+            f"about a compression method (a weak teacher is easy to match). "
+            f"{teacher_advice(str(arch_name), str(dataset_name))}")
+
+
+def teacher_advice(arch_name: str, dataset_name: str) -> str:
+    """What to do for a well-trained teacher: a teacher file, a GPU, or an env with a shipped teacher."""
+    shipped = ", ".join(sorted(name.removesuffix(".pt") for name in read_manifest())) or "none"
+    return (f"For a well-trained teacher: pass --teacher FILE (gymnasium.make(..., teacher=FILE)), a teacher "
+            f"trained where it is fast, e.g. `python -m netcomp train-teacher {arch_name} --dataset {dataset_name} "
+            f"--recipe {DEFAULT_RECIPE} --device cuda --out DIR` on a GPU; or run on a GPU (--device cuda), where "
+            f"the env trains its {DEFAULT_RECIPE} teacher in minutes; or use an env with a shipped teacher "
+            f"(arch-dataset: {shipped}).")
+
+
+def teacher_report(teacher: Teacher, dataset: Dataset | None = None) -> dict[str, Any]:
+    """What a run shows and keeps of its teacher: arch, dataset, recipe, file (and whether it is shipped), test
+    and validation accuracy, the test accuracy its recipe should reach and the weak-teacher warning (or None).
+
+    Accuracies come from the teacher's metadata (measured on the whole splits when it was trained); a teacher
+    that records none is measured now on ``dataset`` (``measured_now``), so a run never shows a teacher of
+    unknown accuracy."""
+    meta = teacher.meta or {}
+    arch = meta.get("arch", teacher.arch.family)
+    dataset_name = meta.get("dataset", dataset.name if dataset is not None else None)
+    val, test = meta.get("val_accuracy"), meta.get("test_accuracy")
+    measured = dataset is not None and (val is None or test is None)
+    if measured:
+        device = next(teacher.model.parameters()).device
+        val = val if val is not None else evaluate(teacher.model, dataset.val, dataset, device=device)[0]
+        test = test if test is not None else evaluate(teacher.model, dataset.test, dataset, device=device)[0]
+    path = Path(teacher.path) if teacher.path is not None else None
+    return {"arch": arch, "dataset": dataset_name, "recipe": meta.get("recipe"),
+            "path": str(path) if path is not None else None,
+            "shipped": path is not None and path.resolve().parent == SHIPPED_DIR.resolve(),
+            "test_accuracy": test, "val_accuracy": val, "measured_now": measured,
+            "expected_test_accuracy": expected_test_accuracy(meta.get("recipe"), dataset_name, arch),
+            "warning": weak_teacher_warning(arch, dataset_name, meta.get("recipe"), test)}
+
+
+def format_duration(seconds: float) -> str:
+    """``42 s``, ``12 min`` or ``3.4 h``: a duration as a person reads it."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _read_partial(path: Path, key: dict[str, Any]) -> tuple[dict[str, Any] | None, float]:
@@ -306,7 +484,7 @@ def load_teacher(path: str | Path, device: str | torch.device = "cpu") -> Teache
     return Teacher(arch, model.to(device).eval(), meta, path=path)
 
 
-def get_teacher(arch_name: str, dataset: Dataset, recipe: str = "fast", seed: int = 0,
+def get_teacher(arch_name: str, dataset: Dataset, recipe: str = DEFAULT_RECIPE, seed: int = 0,
                 device: str | torch.device = "cpu", home: Path | None = None, train_if_missing: bool = True,
                 progress: bool = True) -> Teacher:
     """The cached teacher for (arch, dataset, recipe, seed), training and caching it the first time.

@@ -73,14 +73,15 @@ def test_a_fashion_mnist_env_uses_the_shipped_teacher_by_default_and_a_file_or_t
     assert env.unwrapped.teacher.meta["recipe"] == "ship"
     asked = []
 
-    def recipe_teacher(arch, dataset, recipe, seed, home):
-        asked.append((arch, recipe, seed))
+    def recipe_teacher(arch, dataset, recipe, seed, home, device):  # the env's device: a GPU trains its teacher
+        asked.append((arch, recipe, seed, str(device)))
         return envs.base._shipped(arch, dataset)  # stands in for a trained one: only the call is checked
 
     monkeypatch.setattr(envs.base, "_cached_teacher", recipe_teacher)
     gym.make("netcomp/removal-lenet5-fashionmnist-v0", fidelity="smoke", disable_env_checker=True, teacher="recipe")
     gym.make("netcomp/removal-lenet5-fashionmnist-v0", fidelity="smoke", disable_env_checker=True, teacher_seed=1)
-    assert asked == [("lenet5", "smoke", 0), ("lenet5", "smoke", 1)]  # another seed is not the shipped teacher
+    here = envs.base.default_device()
+    assert asked == [("lenet5", "smoke", 0, here), ("lenet5", "smoke", 1, here)]  # another seed: not the shipped one
     assert envs  # registered the ids
 
 
