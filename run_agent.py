@@ -36,23 +36,14 @@ def resolve_config(args: argparse.Namespace) -> dict:
 
 
 #: Flags --validate reads; any other flag given with it would be ignored, so it is refused.
-VALIDATE_FLAGS = ("validate", "top", "tolerance", "device", "teacher", "data_root", "download")
+VALIDATE_FLAGS = ("validate", "top", "tolerance", "device", "teacher", "data_root", "download", "teacher_model")
 
 
 def list_everything() -> None:
-    import envs
-    from netcomp.data import DATASETS
-    from netcomp.zoo import ARCHS
-    from runner.registry import AGENTS, get_agent
+    """Print the envs and agents from runner/catalog.py, which imports no torch, so --list answers at once."""
+    from runner.catalog import listing
 
-    print("Environments: netcomp/{space}-{arch}-{dataset}-v0 (short form space-arch-dataset)")
-    print(f"  spaces:   {', '.join(envs.SPACES)}")
-    print(f"  archs:    {', '.join(ARCHS)}")
-    print(f"  datasets: {', '.join(DATASETS)}")
-    print("\nAgents:")
-    for name in AGENTS:
-        cls = get_agent(name)
-        print(f"  {name:<10} {cls.kind:<9} spaces: {', '.join(cls.spaces):<60} modes: {', '.join(cls.modes)}")
+    print(listing())
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -70,7 +61,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--resume", help="continue the run in this directory")
     p.add_argument("--teacher", help="a teacher checkpoint file (default: the shipped teacher of the arch and "
                                      "data in teachers/, else the cached teacher of the fidelity's recipe; "
-                                     "'recipe' asks for the latter)")
+                                     "'recipe' asks for the latter); with --teacher-model, that model's state "
+                                     "dict file")
+    p.add_argument("--teacher-model", dest="teacher_model", metavar="MODULE:CALLABLE",
+                   help="your own model as the teacher, with --env SPACE-custom-DATASET: e.g. "
+                        "torchvision.models:resnet18 (called with num_classes= when it takes it; command line only, "
+                        "so give it again on --resume and --validate)")
     p.add_argument("--load-policy", dest="load_policy", help="start from a policy saved by another run")
     p.add_argument("--trust-pickle", dest="trust_pickle", action="store_true",
                    help="let --load-policy unpickle an SB3 zip (runs code from the file: trusted files only)")
@@ -79,7 +75,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int,
                    help="torch CPU threads to train with (default: this machine's count); recorded in the run, so "
                         "a resume or --validate elsewhere computes the same numbers")
-    p.add_argument("--data-root", dest="data_root", help="folder with the datasets (torchvision layout)")
+    p.add_argument("--data-root", dest="data_root",
+                   help="folder with the datasets (torchvision layout); for imagefolder, the folder holding "
+                        "train/<class>/ (and val/, test/)")
+    p.add_argument("--image-size", dest="image_size", type=int,
+                   help="imagefolder (and synthetic): the side images are resized and cropped to (default 32)")
     p.add_argument("--download", action="store_true", help="let torchvision download the dataset")
     p.add_argument("--workers", type=int,
                    help="train batched students on N Ray actors (one GPU each, or CPU); default: this process")

@@ -36,7 +36,7 @@ from agents.base import Agent, one_torch_thread
 from netcomp.arch import ESNAC_BASE, ESNAC_MAX_LAYERS, Arch, esnac_descriptor
 from netcomp.checks import as_bool, as_choice, as_float, as_int, invalid
 from netcomp.data import Dataset, Split
-from netcomp.distill import TrainConfig, evaluate, train_model
+from netcomp.distill import TrainConfig, evaluate
 from netcomp.files import torch_save_atomic
 from netcomp.rewards import n2n_reward
 
@@ -379,12 +379,10 @@ class ESNACAgent(Agent):
             return self.train_kept(arch, self.full_training_config())
         ev = self.env.unwrapped.evaluator
         config = ev.fidelity.final_config(replace(self.full_training_config(), keep_best=True))
-        data = with_validation_trained(ev.dataset)
-        with torch.random.fork_rng(devices=[]):
-            model = ev.build_student(arch, ev.inherit, self.seed)
-            result = train_model(model, data, config, teacher=ev.teacher_model, device=ev.device, seed=self.seed)
-        report = ev._kept_report(model, arch, result, config.eval_max)  # scores test (its "val" here) as usual
-        return model, {**report, "val_accuracy": None, "final_train": config.to_dict()}
+        # scores test (its "val" here) as usual
+        model, report = ev.train_final(arch, config, seed=self.seed, data=with_validation_trained(ev.dataset),
+                                       test_max=config.eval_max)
+        return model, {**report, "val_accuracy": None}
 
     def final_f(self, report: dict[str, Any]) -> dict[str, float | None]:
         """f = C(2 - C) acc / teacher acc after full training, per split: the teacher on the same images (the

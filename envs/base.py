@@ -24,6 +24,7 @@ from gymnasium import spaces
 from netcomp.arch import Arch
 from netcomp.data import DATASETS, Dataset, load_dataset
 from netcomp.evaluator import Evaluator, Fidelity, check_target, load_fidelity
+from netcomp.fx_import import CUSTOM_ARCH, custom_teacher
 from netcomp.metrics import count_macs, count_params
 from netcomp.rewards import REWARDS, TARGET_REWARD, RewardContext, check_reward_name, invalid_penalty
 from netcomp.teachers import Teacher, get_teacher, load_teacher
@@ -56,8 +57,10 @@ def _shipped(arch: str, dataset: Dataset) -> Teacher | None:
     return _TEACHERS[key]
 
 
-def _cached_teacher(arch: str, dataset: Dataset, recipe: str, seed: int, home: str | None) -> Teacher:
-    """Teachers are trained (or read from disk) once per process.
+def _cached_teacher(arch: str, dataset: Dataset, recipe: str, seed: int, home: str | None,
+                    device: str | torch.device = "cpu") -> Teacher:
+    """Teachers are trained (or read from disk) once per process, on the env's ``device`` (a GPU recipe's
+    teacher trains there in minutes; on the CPU a recipe of hours is warned about first).
 
     Keyed by the data fingerprint (shape, classes, split sizes, first images), as the cache file is, so two
     datasets of equal size but another image size or other images never share a teacher.
@@ -66,7 +69,7 @@ def _cached_teacher(arch: str, dataset: Dataset, recipe: str, seed: int, home: s
 
     key = (arch, dataset.name, data_fingerprint(dataset), recipe, seed, home)
     if key not in _TEACHERS:
-        _TEACHERS[key] = get_teacher(arch, dataset, recipe=recipe, seed=seed,
+        _TEACHERS[key] = get_teacher(arch, dataset, recipe=recipe, seed=seed, device=device,
                                      home=Path(home) if home else None, progress=False)
     return _TEACHERS[key]
 
@@ -86,6 +89,11 @@ class CompressionEnv(gym.Env):
     ``target`` (an operating point, e.g. ``{"macs": 0.5}`` or ``{"params": 0.25}``: fractions of the teacher's)
     makes a student above it invalid before anything trains (zero training seconds, a reason starting with
     "over target"); without an explicit ``reward`` the reward is then the validation accuracy (``accuracy``).
+
+    ``teacher_model`` (with the arch ``custom``: ``netcomp/SPACE-custom-DATASET-v0``) makes your own network the
+    teacher: an ``nn.Module``, a callable returning one, or its ``"MODULE:CALLABLE"`` reference (e.g.
+    ``"torchvision.models:resnet18"``, called with ``num_classes=`` when it takes it), read into the IR by
+    :mod:`netcomp.fx_import`; ``teacher`` is then its state dict file (without one the teacher is untrained).
     """
 
     metadata: ClassVar[dict] = {"render_modes": ["ansi"], "render_fps": 1}
@@ -105,8 +113,8 @@ class CompressionEnv(gym.Env):
                  penalty: float | None = None, inherit: str | None = None, cache_path: str | None = None,
                  download: bool = False, dataset_kwargs: Mapping | None = None, teacher_seed: int = 0,
                  home: str | None = None, require_smaller: bool = True, reward_split: str = "val",
-                 target: Mapping[str, float] | None = None) -> None:
-        _check_choice("arch", arch, ARCHS)
+                 target: Mapping[str, float] | None = None, teacher_model: Any = None) -> None:
+        _check_choice("arch", arch, (*ARCHS, CUSTOM_ARCH))
         _check_choice("dataset", dataset, DATASETS)
         _check_choice("mode", mode, self.modes)
         if render_mode is not None:
@@ -117,8 +125,12 @@ class CompressionEnv(gym.Env):
         self.reward_name = check_reward_name(reward or default)  # validates the name early
         self.fidelity: Fidelity = load_fidelity(fidelity, self.space)
         self.device = torch.device(device or default_device())
-        ds = _cached_dataset(dataset, data_root, download, tuple(sorted((dataset_kwargs or {}).items())))
-        self.teacher = self._resolve_teacher(teacher, arch, ds, teacher_seed, home)
+        ds = _cached_dataset(dataset, data_root, download, tuple(sorted(
+            (k, tuple(v) if isinstance(v, list) else v) for k, v in (dataset_kwargs or {}).items())))
+        if arch == CUSTOM_ARCH or teacher_model is not None:  # your own model (netcomp.fx_import)
+            self.teacher = custom_teacher(arch, teacher_model, teacher, ds, teacher_seed)
+        else:
+            self.teacher = self._resolve_teacher(teacher, arch, ds, teacher_seed, home)
         self.arch: Arch = self.teacher.arch
         self.evaluator = self.evaluator_class(self.teacher, ds, self.fidelity, device=self.device,
                                    inherit=inherit or self.fidelity.inherit or self.default_inherit,
@@ -353,7 +365,7 @@ class CompressionEnv(gym.Env):
             loaded = load_teacher(Path(teacher))
             check_teacher_fits(loaded, arch, ds)
             return loaded
-        return _cached_teacher(arch, ds, self.fidelity.teacher_recipe, seed, home)
+        return _cached_teacher(arch, ds, self.fidelity.teacher_recipe, seed, home, self.device)
 
     def student_for(self, action: Any) -> Arch:
         """The student that a one-shot action, or the list of a sequential episode's actions, yields.

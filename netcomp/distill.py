@@ -760,3 +760,42 @@ def torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------------------------------------- cost model
+#: The CPU cost model of :func:`estimated_cpu_seconds`: multiply-accumulates per second of 2 torch threads, and
+#: a fixed cost per batch. Fitted on 2 busy cores (torch 2.14) to the seconds per student measured at the
+#: `fast` and `rank` fidelities for ResNet-20 on Fashion-MNIST (3.4-4.8 s and 4.5-6.5 s; the model: 4.1 and
+#: 5.5 s) and for LeNet-5 at `rank` (0.5 s; the model: 0.5 s). Against the other measured figures: the shipped
+#: ResNet-20 teacher (`ship`, 15 epochs, one core) took 3,638 s (the model at one thread: 2,820 s), the LeNet-5 one
+#: 139 s (the model: 134 s), and N2N's 5-epoch `paper` student about 1,000 s (the model: 476 s: it can be 2x low).
+CPU_MACS_PER_SECOND = 5.8e10
+CPU_SECONDS_PER_BATCH = 0.015
+#: Threads the cost model was fitted at; other counts scale the arithmetic linearly (optimistic past a few).
+CPU_MODEL_THREADS = 2
+EVAL_BATCH = 1000
+
+
+def estimated_cpu_seconds(config: TrainConfig, train_images: int, eval_images: int, macs: int,
+                          threads: int = CPU_MODEL_THREADS) -> float:
+    """Rough seconds :func:`train_students` takes on the CPU to train and score one model of ``macs``
+    multiply-accumulates per image with ``config`` on ``train_images`` training and ``eval_images`` evaluation
+    images, at ``threads`` torch threads on an otherwise idle machine (more load: longer).
+
+    Why: a run says how long it will take before it starts, and a teacher recipe that would take hours on this
+    CPU is flagged before it trains. The work counted is what the trainer does: a training image costs three
+    forwards (forward and backward), each evaluation (every epoch, or once) scores the evaluation images and
+    re-estimates BatchNorm on ``bn_recalibrate`` batches; see :data:`CPU_MACS_PER_SECOND` for the fit and its
+    error. The teacher's forward in KD is not counted (its logits are cached after the first student).
+    """
+    n = min(train_images, config.train_max) if config.train_max is not None else train_images
+    steps = planned_steps(config, train_images)
+    per_epoch = max(1, n // config.batch_size if n > config.batch_size else 1)
+    trained = steps * min(n, config.batch_size)
+    evaluations = math.ceil(steps / per_epoch) if config.eval_every_epoch or config.keep_best else 1
+    scored = min(eval_images, config.eval_max) if config.eval_max is not None else eval_images
+    recalibrated = min(n, config.bn_recalibrate * config.batch_size)
+    work = macs * (3 * trained + evaluations * (scored + recalibrated))
+    batches = steps + evaluations * (math.ceil(scored / EVAL_BATCH) + config.bn_recalibrate)
+    rate = CPU_MACS_PER_SECOND * max(1, threads) / CPU_MODEL_THREADS
+    return work / rate + batches * CPU_SECONDS_PER_BATCH

@@ -36,7 +36,7 @@ from netcomp.errors import disk_full_error
 from netcomp.jsonl import append_jsonl, read_jsonl
 from netcomp.metrics import count_macs, count_params
 from netcomp.surgery import INHERIT_MODES, build_module, inherit_weights, student_problem
-from netcomp.teachers import Teacher, load_yaml
+from netcomp.teachers import DEFAULT_RECIPE, Teacher, load_yaml
 
 #: With ``require_smaller=False`` a valid student may still be at most this many times the teacher's size
 #: (params, and MACs for rewards that pay for MACs): the bound gives every reward a floor.
@@ -82,7 +82,7 @@ class Fidelity:
 
     name: str
     train: TrainConfig
-    teacher_recipe: str = "fast"
+    teacher_recipe: str = DEFAULT_RECIPE
     final: Mapping[str, Any] | None = None
     inherit: str | None = None
     protocol: Protocol | None = None
@@ -138,7 +138,7 @@ def load_fidelity(spec: str | Mapping[str, Any], space: str | None = None) -> Fi
                              f"inherit, protocol")
         name = str(spec.get("name", "custom"))
         return Fidelity(name, TrainConfig.from_dict(spec.get("train", {})),
-                        str(spec.get("teacher_recipe", "fast")), _check_final(spec.get("final")),
+                        str(spec.get("teacher_recipe", DEFAULT_RECIPE)), _check_final(spec.get("final")),
                         _check_inherit(spec.get("inherit"), space), _check_protocol(spec.get("protocol"), name))
     presets = load_yaml("fidelity.yaml")
     if spec not in presets:
@@ -148,7 +148,7 @@ def load_fidelity(spec: str | Mapping[str, Any], space: str | None = None) -> Fi
     train = dict(preset["train"])
     if space is not None:
         train = dict(preset.get("by_space", {}).get(space, train))
-    return Fidelity(spec, TrainConfig.from_dict(train), preset.get("teacher_recipe", "fast"),
+    return Fidelity(spec, TrainConfig.from_dict(train), preset.get("teacher_recipe", DEFAULT_RECIPE),
                     _check_final(preset.get("final")), _check_inherit(preset.get("inherit"), space),
                     _check_protocol(preset.get("protocol"), spec))
 
@@ -506,20 +506,25 @@ class Evaluator:
                              f"{str(exc).splitlines()[0]}") from None
         return module.to(self.device)
 
-    def train_final(self, student: Arch, config: TrainConfig | None = None,
-                    seed: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    def train_final(self, student: Arch, config: TrainConfig | None = None, seed: int | None = None,
+                    data: Dataset | None = None, test_max: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
         """Train a student to keep, not just to score: build it, inherit as the evaluator does, distil it
         with ``config`` (default: the fidelity's shared final training, :meth:`Fidelity.final_config`; a
         given config is used as it is) and report validation and test
-        accuracy beside the teacher's test accuracy. The global torch RNG is left as it was."""
+        accuracy beside the teacher's test accuracy. The global torch RNG is left as it was.
+
+        ``data`` (default: the evaluator's) is what it trains on, e.g. ESNAC's full training on the training
+        and validation images; the report's test accuracy is on the evaluator's test split, on at most
+        ``test_max`` images (default: the fidelity's ``final`` cap)."""
         config = self.fidelity.final_config() if config is None else config
         seed = self.seed if seed is None else seed
         with torch.random.fork_rng(devices=[]):
             model = self.build_student(student, self.inherit, seed)
-            result = train_model(model, self.dataset, config, teacher=self.teacher_model,
-                                 device=self.device, seed=seed)
+            result = train_model(model, self.dataset if data is None else data, config,
+                                 teacher=self.teacher_model, device=self.device, seed=seed)
         # a capped (smoke/fast) final training also caps the test images; the report says how many
-        report = self._kept_report(model, student, result, (self.fidelity.final or {}).get("eval_max"))
+        test_max = (self.fidelity.final or {}).get("eval_max") if test_max is None else test_max
+        report = self._kept_report(model, student, result, test_max)
         return model, {**report, "final_train": config.to_dict()}
 
     def train_protocol(self, student: Arch, weights: Mapping[str, torch.Tensor] | None = None,

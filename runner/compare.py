@@ -36,9 +36,8 @@ import yaml
 
 from agents.base import Budget
 from netcomp.files import remove_stale_temporaries, write_text_atomic
-from netcomp.pareto import front_hypervolume, pareto_front
+from netcomp.pareto import front_hypervolume
 from runner.recorder import RunLog, best, full_fidelity, read_records
-from runner.report import save_figure
 from runner.rundir import (
     CLI_ONLY,
     RUN_DEFAULTS,
@@ -64,7 +63,7 @@ from runner.rundir import (
 COMPARE_FILE = "compare.yaml"
 #: Run settings every run of a comparison shares (the flags set them; agents' config files cannot).
 SHARED_KEYS = ("budget", "budget_seconds", "fidelity", "device", "data_root", "download", "teacher", "workers",
-               "ray_address", "threads", "export")
+               "ray_address", "threads", "export", "teacher_model")
 #: compare.yaml's keys.
 SPEC_KEYS = ("env", "agents", "seeds", "preset", "run", "agent_sources", "agent_configs")
 #: Flags a comparison's resume cannot take: they would change what it computes (or be ignored).
@@ -164,6 +163,8 @@ def comparison_spec(args: argparse.Namespace) -> dict[str, Any]:
             run[key] = value
     if args.budget is None and args.budget_seconds is not None:
         run["budget"] = None
+    if getattr(args, "image_size", None) is not None:
+        run["dataset_kwargs"] = {**(run.get("dataset_kwargs") or {}), "image_size": args.image_size}
     if run.get("threads") is None:  # one thread count for every run, recorded (numerics depend on it on CPU)
         run["threads"] = torch_threads_now()
     sources = {agent_name(a): agent_source(agent_name(a)) for a in agents if ":" in a}
@@ -235,7 +236,7 @@ def _resume_spec(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     for key in CLI_ONLY:
         if key in spec["run"]:
             spec["run"][key] = RUN_DEFAULTS[key]
-    for key in ("device", "workers", "ray_address", "data_root"):  # where it runs may change, not what it computes
+    for key in ("device", "workers", "ray_address", "data_root", "teacher_model"):  # where it runs may change
         if getattr(args, key, None) is not None:
             spec["run"][key] = getattr(args, key)
     spec["run"]["download"] = bool(getattr(args, "download", False))
@@ -380,7 +381,7 @@ def _run_one(config: dict, run_dir: Path) -> None:
                  device=None, seed=None, data_root=None, download=False, workers=None, ray_address=None)
     if (run_dir / "config.yaml").exists():
         where = {key: config["run"].get(key) for key in ("device", "workers", "ray_address", "data_root",
-                                                         "download")}  # may change
+                                                         "download", "teacher_model")}  # may change
         agent = config["agent"] if ":" in config["agent"] else None  # checked against the command line already
         start(argparse.Namespace(**{**flags, **where, "agent": agent, "resume": str(run_dir)}))
     else:
@@ -532,102 +533,44 @@ def write_leaderboard(out: Path, spec: dict[str, Any]) -> list[dict[str, Any]]:
               f"so far is within 5% of the run's final best; final test acc: the best student after the "
               f"fidelity's shared final training; hypervolume: the area of the run's (validation accuracy, MACs "
               f"as a fraction of the teacher's) front above accuracy 0 and below the teacher's MACs.\n\n")
+    header += teacher_note(out, spec)
     write_text_atomic(out / "leaderboard.md", header + markdown_table(rows) + "\n")
     write_text_atomic(out / "leaderboard.csv", csv_text(rows))
     write_comparison_plots(out, spec)
     return rows
 
 
-# ---------------------------------------------------------------------------- the plots
-def write_comparison_plots(out: Path, spec: dict[str, Any]) -> None:
-    """best_so_far.png and pareto.png of a comparison directory."""
-    import matplotlib
-    import matplotlib.ticker
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    runs = {agent: [read_records(out / run_label(agent, seed) / "evaluations.jsonl") for seed in spec["seeds"]]
-            for agent in spec["agents"]}
-    runs = {agent: [r for r in recs if r] for agent, recs in runs.items()}
-    fig, (by_evals, by_seconds) = plt.subplots(1, 2, figsize=(11, 4))
-    for agent, seeds in runs.items():
-        if seeds:
-            _band(by_evals, agent, [np.arange(1, len(r) + 1) for r in seeds], [best_so_far(r)[0] for r in seeds])
-            _band(by_seconds, agent, [best_so_far(r)[1] for r in seeds], [best_so_far(r)[0] for r in seeds])
-    for ax, label in ((by_evals, "evaluations"), (by_seconds, "training seconds")):
-        ax.set(xlabel=label, ylabel="best reward so far")
-        ax.legend(fontsize=8)
-    _close(fig, out / "best_so_far.png")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    teacher = next((r[0] for seeds in runs.values() for r in seeds), None)
-    for ax, size in zip(axes, ("params", "macs")):
-        for agent, seeds in runs.items():
-            valid = [r for recs in seeds for r in recs if r["valid"] and full_fidelity(r)]
-            dots = ax.scatter([r[size] for r in valid], [r["accuracy"] for r in valid], s=10, alpha=0.4, label=agent)
-            front = pareto_front(valid, size)  # the agent's front over its seeds
-            if front:
-                ax.step([r[size] for r in front], [r["accuracy"] for r in front], where="post",
-                        color=dots.get_facecolor()[0], alpha=0.9, linewidth=1.2)
-        if teacher is not None:
-            ax.scatter([teacher[f"teacher_{size}"]], [teacher["teacher_accuracy"]], marker="*", s=180, c="red",
-                       label="teacher")
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set(xlabel=size, ylabel="validation accuracy (search fidelity)")
-        ax.legend(fontsize=8)
-    _close(fig, out / "pareto.png")
-    write_regret_plot(out, spec, runs)
-
-
-def write_regret_plot(out: Path, spec: dict[str, Any], runs: dict[str, list[list[dict]]]) -> None:
-    """regret.png on a tabular benchmark: the table's best reward minus the best so far, against evaluations
-    and against (simulated) training seconds; nothing when the runs know no optimum."""
-    import matplotlib.pyplot as plt
-
-    optima = {}
+def teacher_note(out: Path, spec: dict[str, Any]) -> str:
+    """The leaderboard's teacher paragraph: its test and validation accuracy and recipe from the runs'
+    summary.json (one line when every run had the same teacher, else one per teacher naming its runs), and any
+    weak-teacher WARNING; empty when no run recorded its teacher."""
+    teachers: dict[str, tuple[dict, list[str]]] = {}
     for agent in spec["agents"]:
         for seed in spec["seeds"]:
             path = out / run_label(agent, seed) / "summary.json"
-            if path.exists() and (value := json.loads(path.read_text()).get("table_optimum")) is not None:
-                optima[agent] = float(value)
-    if not optima:
-        return
-    fig, (by_evals, by_seconds) = plt.subplots(1, 2, figsize=(11, 4))
-    for agent, seeds in runs.items():
-        if seeds and agent in optima:
-            regrets = [[optima[agent] - v for v in best_so_far(r)[0]] for r in seeds]
-            _band(by_evals, agent, [np.arange(1, len(r) + 1) for r in seeds], regrets)
-            _band(by_seconds, agent, [best_so_far(r)[1] for r in seeds], regrets)
-    for ax, label in ((by_evals, "evaluations"), (by_seconds, "training seconds (simulated on a table)")):
-        ax.set(xlabel=label, ylabel="regret: table optimum - best reward so far")
-        ax.set_xscale("log")
-        ax.legend(fontsize=8)
-    _close(fig, out / "regret.png")
+            teacher = json.loads(path.read_text()).get("teacher") if path.exists() else None
+            if teacher:
+                key = json.dumps({k: teacher.get(k) for k in ("path", "recipe", "test_accuracy", "val_accuracy")},
+                                 sort_keys=True)
+                teachers.setdefault(key, (teacher, []))[1].append(run_label(agent, seed))
+    lines = []
+    for teacher, runs in teachers.values():
+        which = "" if len(teachers) == 1 else f" (runs {', '.join(runs)})"
+        lines.append(f"Teacher{which}: {teacher['arch']} on {teacher['dataset']}, recipe {teacher['recipe']}, "
+                     f"{teacher['path'] or 'built in memory'}: test accuracy {_fmt_acc(teacher['test_accuracy'])}, "
+                     f"validation accuracy {_fmt_acc(teacher['val_accuracy'])}.")
+        if teacher.get("warning"):
+            lines.append(f"**WARNING: {teacher['warning']}**")
+    return "\n\n".join(lines) + "\n\n" if lines else ""
 
 
-def _close(fig: Any, path: Path) -> None:
-    """Lay out, write atomically and release a figure."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
+def _fmt_acc(value: float | None) -> str:
+    return "not recorded" if value is None else f"{value:.4f}"
 
 
-def _band(ax: Any, label: str, xs: list, ys: list) -> None:
-    """The mean best-so-far curve of the seeds and their min-max band, on a common x grid (step functions),
-    drawn from the first point where every seed has a value."""
-    grid = np.unique(np.concatenate([np.asarray(x, dtype=float) for x in xs]))
-    values = np.array([_step_at(np.asarray(x, float), np.asarray(y, float), grid) for x, y in zip(xs, ys)])
-    every = ~np.isnan(values).any(axis=0)  # from the point where every seed has a value
-    grid, values = grid[every], values[:, every]
-    line = ax.step(grid, values.mean(axis=0), where="post", label=f"{label} (n={len(xs)})")[0]
-    ax.fill_between(grid, values.min(axis=0), values.max(axis=0), step="post", alpha=0.2, color=line.get_color())
+# ---------------------------------------------------------------------------- the plots
+def write_comparison_plots(out: Path, spec: dict[str, Any]) -> None:
+    """best_so_far.png, pareto.png and, on a table, regret.png of a comparison directory (runner/plots.py)."""
+    from runner.plots import write_comparison_plots as write
 
-
-def _step_at(x: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """A best-so-far curve read at ``grid``: the value after the last evaluation at or before each point
-    (NaN before the first), the last value after the run's end."""
-    index = np.searchsorted(x, grid, side="right") - 1
-    return np.where(index >= 0, y[np.clip(index, 0, len(y) - 1)], np.nan)
+    write(out, spec)

@@ -295,7 +295,7 @@ def replay_env(record: dict, config: dict, replays: dict[str, Any]) -> Any:
         run = config["run"]
         with torch_threads(int(run["threads"])):
             env = make_replay_env(replay, resolve_device(None, config), run.get("data_root"), bool(run.get("download")),
-                                  choose_teacher(None, config, replay))
+                                  choose_teacher(None, config, replay), run.get("teacher_model"))
         mismatch = teacher_mismatch(env, replay)
         if mismatch:
             raise ConfigError(f"cannot fine-tune record {record['index']}: {mismatch}")

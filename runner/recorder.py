@@ -68,7 +68,8 @@ def best(records: Sequence[Mapping[str, Any]], valid_only: bool = False) -> dict
 
 #: Env kwargs a replay does not need: where files live, the device, rendering, and the teacher object or
 #: file (named by its identity and hash instead).
-REPLAY_DROP = ("cache_path", "device", "data_root", "download", "home", "render_mode", "teacher", "table")
+REPLAY_DROP = ("cache_path", "device", "data_root", "download", "home", "render_mode", "teacher", "table",
+               "teacher_model")  # code to import: a replay takes it from the command line (--teacher-model)
 
 
 @dataclass

@@ -54,7 +54,9 @@ RUN_DEFAULTS: dict[str, Any] = {
     "download": False,
     "dataset_kwargs": {},    # e.g. synthetic sizes
     "env_kwargs": {},        # passed to gymnasium.make
-    "teacher": None,         # a teacher checkpoint file (default: train or load the cached one)
+    "teacher": None,         # a teacher checkpoint file (default: train or load the cached one); with
+                             # teacher_model, that model's state dict file
+    "teacher_model": None,   # MODULE:CALLABLE of your own model (the env arch "custom"; netcomp.fx_import)
     "load_policy": None,
     "trust_pickle": False,   # allow --load-policy to unpickle an SB3 zip (code can run)
     "save_best": True,       # retrain and save the best student when the agent did not
@@ -69,10 +71,10 @@ RUN_DEFAULTS: dict[str, Any] = {
 }
 #: Settings only the command line gives: a run directory (config.yaml, compare.yaml) or a --config file never
 #: holds code to trust, or a network address to connect to (a shared run directory is data).
-CLI_ONLY = ("trust_pickle", "workers", "ray_address", "data_root", "download")
+CLI_ONLY = ("trust_pickle", "workers", "ray_address", "data_root", "download", "teacher_model")
 #: Env kwargs the harness sets itself (where files live, the device): a config's env_kwargs may not.
 HARNESS_ENV_KWARGS = ("cache_path", "data_root", "download", "device", "teacher", "fidelity", "mode",
-                      "dataset_kwargs", "render_mode")
+                      "dataset_kwargs", "render_mode", "teacher_model")
 #: What each run setting must be: (types, test, expectation) for :func:`check_run_settings`.
 _INT, _NUM, _STR, _MAP = (int,), (int, float), (str,), (dict,)
 RUN_TYPES: dict[str, tuple[tuple[type, ...], Any, str]] = {
@@ -87,6 +89,7 @@ RUN_TYPES: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "dataset_kwargs": (_MAP, None, "a mapping"),
     "env_kwargs": (_MAP, None, "a mapping"),
     "teacher": (_STR, None, "a teacher file or 'recipe' (or null)"),
+    "teacher_model": (_STR, None, "MODULE:CALLABLE (or null)"),
     "load_policy": (_STR, None, "a policy file (or null)"),
     "trust_pickle": ((bool,), None, "true or false"),
     "save_best": ((bool,), None, "true or false"),
@@ -99,7 +102,7 @@ RUN_TYPES: dict[str, tuple[tuple[type, ...], Any, str]] = {
 }
 #: Run settings that may be null.
 _NULLABLE = {"budget", "budget_seconds", "mode", "device", "data_root", "teacher", "load_policy", "workers",
-             "ray_address", "worker_gpus", "threads"}
+             "ray_address", "worker_gpus", "threads", "teacher_model"}
 DEFAULTS: dict[str, Any] = {"env": None, "agent": None, "run": RUN_DEFAULTS, "agent_config": {}}
 #: Top-level keys of a --config file.
 USER_KEYS = ("env", "agent", "preset", "run", "agent_config")
@@ -236,10 +239,11 @@ def read_user_config(path: str | None) -> dict:
     if "study_storage" in (user.get("agent_config") or {}):
         raise ConfigError(f"--config {path} agent_config: study_storage can only be given on the command line "
                           f"(--study-storage): a file never names a storage to connect to")
-    named = sorted(set(user.get("run") or {}) & {"trust_pickle", "ray_address"})
+    named = sorted(set(user.get("run") or {}) & {"trust_pickle", "ray_address", "teacher_model"})
     if named:
-        raise ConfigError(f"--config {path} run: {named} can only be given on the command line "
-                          f"(--trust-pickle, --ray-address): a file never grants trust or names a network address")
+        raise ConfigError(f"--config {path} run: {named} can only be given on the command line (--trust-pickle, "
+                          f"--ray-address, --teacher-model): a file never grants trust, names a network address or "
+                          f"names code to import")
     return user
 
 
@@ -296,12 +300,14 @@ def resolve_config(args: argparse.Namespace) -> dict:
     config = merge(config, {k: v for k, v in user.items() if k != "preset"})
     config.update({k: v for k, v in {"env": args.env, "agent": args.agent}.items() if v is not None})
     for key in ("budget", "budget_seconds", "fidelity", "mode", "seed", "device", "data_root", "teacher",
-                "load_policy", "workers", "ray_address"):
+                "load_policy", "workers", "ray_address", "teacher_model"):
         value = getattr(args, key, None)
         if value is not None:
             config["run"][key] = value
     if getattr(args, "threads", None) is not None:
         config["run"]["threads"] = args.threads
+    if getattr(args, "image_size", None) is not None:
+        config["run"]["dataset_kwargs"] = {**(config["run"].get("dataset_kwargs") or {}), "image_size": args.image_size}
     if getattr(args, "study_storage", None):
         config["agent_config"]["study_storage"] = args.study_storage
     if getattr(args, "budget_seconds", None) is not None and args.budget is None:
@@ -330,6 +336,12 @@ def resume_config(run_dir: Path, args: argparse.Namespace) -> tuple[dict, bool]:
         config["run"][key] = RUN_DEFAULTS[key]
     if getattr(args, "data_root", None):
         config["run"]["data_root"] = args.data_root
+    if getattr(args, "teacher_model", None):
+        config["run"]["teacher_model"] = args.teacher_model
+    size = getattr(args, "image_size", None)
+    if size is not None and size != (config["run"].get("dataset_kwargs") or {}).get("image_size"):
+        raise ConfigError(f"cannot resume {run_dir} with --image-size {size} (the run has "
+                          f"{(config['run'].get('dataset_kwargs') or {}).get('image_size')})")
     config["run"]["download"] = bool(getattr(args, "download", False))
     config["run"]["trust_pickle"] = bool(getattr(args, "trust_pickle", False))
     if config["run"]["trust_pickle"] and config["run"].get("load_policy") and not getattr(args, "load_policy", None):
@@ -423,7 +435,9 @@ def make_env(config: dict, run_dir: Path, space: str | None = None, pool: Any = 
     kwargs = {"fidelity": run["fidelity"], "mode": config["mode"], "device": run["device"],
               "data_root": run["data_root"], "download": run["download"],
               "dataset_kwargs": run["dataset_kwargs"], "cache_path": str(run_dir / "cache.jsonl"),
-              **({"teacher": run["teacher"]} if run.get("teacher") else {}), **run["env_kwargs"], **overrides}
+              **({"teacher": run["teacher"]} if run.get("teacher") else {}),
+              **({"teacher_model": run["teacher_model"]} if run.get("teacher_model") else {}),
+              **run["env_kwargs"], **overrides}
     try:
         env = gym.make(env_id, disable_env_checker=True, **kwargs)
     except TypeError as exc:  # a misspelt env_kwargs / dataset_kwargs key
@@ -669,6 +683,7 @@ def execute(config: dict, run_dir: Path, resumed: bool, extended: bool) -> int:
         if checkpoint:
             agent.load_state(checkpoint["agent"])
         agent.on_checkpoint = lambda: save_checkpoint(agent, run_dir)
+        teacher = print_header(config, env, budget)
         start_time = time.perf_counter()
         overspent = None
         with _progress(config, budget, log, run_dir):
@@ -677,8 +692,19 @@ def execute(config: dict, run_dir: Path, resumed: bool, extended: bool) -> int:
             except BudgetExhausted as exc:  # the agent asked for more: the run ends here, its record whole
                 overspent = f"agent {config['agent']!r} asked for more than its budget ({exc}); the run ended there"
         agent.checkpoint()
-        code = finish(config, run_dir, agent, log, resumed, time.perf_counter() - start_time, overspent)
+        code = finish(config, run_dir, agent, log, resumed, time.perf_counter() - start_time, overspent,
+                      teacher=teacher)
     return code
+
+
+def print_header(config: dict, env: Any, budget: Budget) -> dict:
+    """Print the run's header (its teacher's accuracy, loudly when weak, and its expected duration:
+    runner/header.py) before the agent starts; the teacher's report, for summary.json."""
+    from runner.header import run_header
+
+    lines, teacher = run_header(config, env, budget)
+    print("\n".join(lines), flush=True)
+    return teacher
 
 
 def torch_threads_now() -> int:
@@ -910,11 +936,12 @@ def accounting_problems(config: dict, log: RunLog) -> list[str]:
 
 
 def finish(config: dict, run_dir: Path, agent: Any, log: RunLog, resumed: bool, seconds: float,
-           overspent: str | None = None) -> int:
+           overspent: str | None = None, teacher: dict | None = None) -> int:
     """The final student, plots, policy and summary (summary last: its presence means the run finished).
 
     A run whose accounting does not add up (:func:`accounting_problems`) is marked ``comparable: false`` with
     the reasons, and a comparison's leaderboard says so. 2 when the agent overspent (after the summary), else 0.
+    ``teacher`` (the header's report of the teacher) goes into the summary; its weak-teacher warning is repeated.
     """
     budget = log.budget
     problems = accounting_problems(config, log)
@@ -948,6 +975,7 @@ def finish(config: dict, run_dir: Path, agent: Any, log: RunLog, resumed: bool, 
         "best": best(records), "best_student": best_meta,
         "shared_final": shared, "exported": exported, "table_optimum": table_optimum(agent, config),
         "notes": {k: v for k, v in agent.notes.items() if k != "final"},
+        "teacher": teacher,  # its test/validation accuracy, recipe, file and any weak-teacher warning
     }
     write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1, default=str))
     print(f"\nBest students ({len(records)} evaluations, run directory {run_dir}):")
@@ -956,6 +984,8 @@ def finish(config: dict, run_dir: Path, agent: Any, log: RunLog, resumed: bool, 
         print("\nbest student:", json.dumps({k: v for k, v in best_meta.items() if k != "arch"}, default=str))
     for problem in problems:
         print(f"warning: this run is not comparable: {problem}")
+    if (teacher or {}).get("warning"):
+        print(f"WARNING: {teacher['warning']}")
     if budget.stalled:
         print(f"warning: the run stopped after {FREE_LIMIT} evaluations in a row that cost no training seconds "
               f"(all over the target, invalid or cached): its seconds budget would never have been spent")

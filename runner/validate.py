@@ -80,8 +80,10 @@ def checked_env_id(env_id: Any) -> str:
     return canonical
 
 
-def make_replay_env(replay: dict, device: str, data_root: str | None, download: bool, teacher: str | None) -> Any:
-    """The recorded env, remade without the run's cache (cache_path=None: every student is retrained)."""
+def make_replay_env(replay: dict, device: str, data_root: str | None, download: bool, teacher: str | None,
+                    teacher_model: str | None = None) -> Any:
+    """The recorded env, remade without the run's cache (cache_path=None: every student is retrained).
+    ``teacher_model`` (your own model's MODULE:CALLABLE) comes from the command line, never from the record."""
     import gymnasium as gym
 
     from runner.recorder import REPLAY_DROP
@@ -94,6 +96,8 @@ def make_replay_env(replay: dict, device: str, data_root: str | None, download: 
     if kwargs.get("fidelity") == "table":  # a table's entry is checked by training it again, live
         kwargs["fidelity"] = replay.get("fidelity")
     extra = {"teacher": teacher} if teacher else {}
+    if teacher_model:
+        extra["teacher_model"] = teacher_model
     try:
         return gym.make(env_id, disable_env_checker=True, cache_path=None, device=device, data_root=data_root,
                         download=download, **kwargs, **extra)
@@ -174,7 +178,8 @@ def env_key(replay: dict) -> str:
 
 
 def validate_run(run_dir: str | Path, top: int = 5, tolerance: float | None = None, device: str | None = None,
-                 teacher: str | None = None, data_root: str | None = None, download: bool = False) -> list[dict]:
+                 teacher: str | None = None, data_root: str | None = None, download: bool = False,
+                 teacher_model: str | None = None) -> list[dict]:
     """Replay the run's ``top`` best records; one dict per record (see :func:`row`), best first.
 
     A record without a replay spec (an older run), or whose env's teacher hash differs from the recorded one,
@@ -199,7 +204,8 @@ def validate_run(run_dir: str | Path, top: int = 5, tolerance: float | None = No
         if key not in built:
             threads = int(replay.get("threads") or (config.get("run") or {}).get("threads") or 1)
             with torch_threads(threads), user_input():  # the teacher and data files are the user's
-                env = make_replay_env(replay, device, data_root, download, choose_teacher(teacher, config, replay))
+                env = make_replay_env(replay, device, data_root, download, choose_teacher(teacher, config, replay),
+                                      teacher_model)
             built[key] = (env, teacher_mismatch(env, replay))
         env, mismatch = built[key]
         if mismatch:
@@ -258,7 +264,8 @@ def validate_one(args: argparse.Namespace, run_dir: Path) -> int:
     tolerance = default_tolerance(device) if args.tolerance is None else float(args.tolerance)
     print(f"validating {run_dir}: top {top} students, device {device}, tolerance {tolerance:g}")
     rows = validate_run(run_dir, top=top, tolerance=tolerance, device=device, teacher=args.teacher,
-                        data_root=args.data_root, download=args.download)
+                        data_root=args.data_root, download=args.download,
+                        teacher_model=getattr(args, "teacher_model", None))
     print(f"{'index':>6}  {'recorded':>10}  {'replayed':>10}  {'|diff|':>9}  {'agree':>5}")
     for r in rows:
         print(format_row(r))
