@@ -121,15 +121,17 @@ def best_students(out: Path, spec: dict[str, Any]) -> list[str]:
     (test accuracy on the same images, parameters)."""
     lines = []
     for agent in spec["agents"]:
-        finals = []
+        finals, searched = [], False
         for seed in spec["seeds"]:
             summary_path = out / run_label(agent, seed) / "summary.json"
             summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
             final = summary.get("shared_final") or {}
+            searched = searched or bool((summary.get("best") or {}).get("valid"))
             if final.get("valid"):
                 finals.append((final["reward"], seed, final))
         if not finals:
-            lines.append(f"  {agent}: no valid student")
+            lines.append(f"  {agent}: " + ("valid students found, but none had the final training (a comparison on "
+                                            "a table skips it)" if searched else "no valid student"))
             continue
         reward, seed, f = max(finals, key=lambda t: t[0])
         lines.append(f"  {agent} (seed {seed}, reward {reward:.4f}): test accuracy {f['test_accuracy']:.4f} "

@@ -303,3 +303,7 @@ def test_a_comparison_on_a_table_reports_regret_against_the_known_optimum(tiny_t
     header = (out / "leaderboard.csv").read_text().splitlines()[0].split(",")
     assert float(row.split(",")[header.index("regret_mean")]) == pytest.approx(np.mean(regrets))
     assert min(regrets) >= 0 and (out / "regret.png").exists()
+    from runner.compare import best_students
+
+    assert best_students(out, {"agents": ["random"], "seeds": [0, 1]}) == [  # skipped, not "no valid student"
+        "  random: valid students found, but none had the final training (a comparison on a table skips it)"]
