@@ -492,7 +492,6 @@ class ASHAAgent(TPEAgent):
             raise ValueError("the asha agent scores students at several KD lengths, and a table holds one "
                              "fidelity: run it on the live env (without fidelity='table')")
         self.rungs = self.ladder()
-        self.reached = [0] * len(self.rungs)  # students scored at each rung
 
     def ladder(self) -> list[int]:
         """The KD steps of each rung: ``min_steps * reduction_factor**k`` below the fidelity's own steps,
@@ -518,7 +517,9 @@ class ASHAAgent(TPEAgent):
                 n = 1 if self.budget.seconds is not None else min(self.config.batch, self._left())
                 self.halve(self.ask(n))
         full = self.env.unwrapped.evaluator.full_steps
-        self.notes["asha"] = {"rung_steps": [s or full for s in self.rungs], "scored_per_rung": list(self.reached)}
+        rungs = [r.get("rung") for r in self.env.records]
+        self.notes["asha"] = {"rung_steps": [s or full for s in self.rungs],
+                              "scored_per_rung": [rungs.count(s) for s in self.rungs]}
         self.write_front()
 
     def _left(self) -> int:
@@ -529,13 +530,12 @@ class ASHAAgent(TPEAgent):
         """Climb the rungs with a batch of trials: score the alive ones together at each rung, report, and
         keep those the pruner promotes; the last rung's score is told as the trial's value."""
         alive = [(t, self.encoding.decode(t.params)) for t in trials]
-        for k, steps in enumerate(self.rungs):
+        for steps in self.rungs:
             if not alive or (not self._replay and self.budget.exhausted):
                 return
             if self.budget.evaluations is not None:
                 alive = alive[: self._left()]
             infos = self.scores([a for _, a in alive], steps)
-            self.reached[k] += len(alive)
             if steps is None:
                 for (trial, _), info in zip(alive, infos):
                     self.study.tell(trial, float(info["reward"]))

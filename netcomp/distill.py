@@ -229,9 +229,14 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | No
 def planned_steps(config: TrainConfig, train_images: int) -> int:
     """The optimiser steps :func:`train_students` takes with ``config`` on ``train_images`` training images
     (before ``train_max``): a multi-fidelity ladder's top rung (Hyperband/ASHA over the KD budget)."""
+    return _total_steps(config, _epoch_shape(config, train_images)[1])
+
+
+def _epoch_shape(config: TrainConfig, train_images: int) -> tuple[int, int]:
+    """(images trained per epoch, batches per epoch): the first ``train_max`` images, the ragged last batch
+    dropped unless there is only one (as :func:`train_students`' loader does)."""
     n = min(train_images, config.train_max) if config.train_max is not None else train_images
-    batches = n // config.batch_size if n > config.batch_size else (1 if n > 0 else 0)
-    return _total_steps(config, batches)
+    return n, (n // config.batch_size if n > config.batch_size else (1 if n > 0 else 0))
 
 
 def _total_steps(config: TrainConfig, steps_per_epoch: int) -> int:
@@ -788,9 +793,8 @@ def estimated_cpu_seconds(config: TrainConfig, train_images: int, eval_images: i
     re-estimates BatchNorm on ``bn_recalibrate`` batches; see :data:`CPU_MACS_PER_SECOND` for the fit and its
     error. The teacher's forward in KD is not counted (its logits are cached after the first student).
     """
-    n = min(train_images, config.train_max) if config.train_max is not None else train_images
-    steps = planned_steps(config, train_images)
-    per_epoch = max(1, n // config.batch_size if n > config.batch_size else 1)
+    n, batches = _epoch_shape(config, train_images)
+    steps, per_epoch = _total_steps(config, batches), max(1, batches)
     trained = steps * min(n, config.batch_size)
     evaluations = math.ceil(steps / per_epoch) if config.eval_every_epoch or config.keep_best else 1
     scored = min(eval_images, config.eval_max) if config.eval_max is not None else eval_images
