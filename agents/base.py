@@ -11,7 +11,8 @@ An agent is a subclass of :class:`Agent` with its knobs in one dataclass (``Conf
   stops when ``self.budget.exhausted``; asking for more than is left raises :class:`BudgetExhausted`;
 - :meth:`Agent.state` / :meth:`Agent.load_state` (plain, ``torch.save``-able values), and a call to
   :meth:`Agent.checkpoint` wherever that state is worth saving (the harness saves it there);
-- with ``has_policy``: :meth:`Agent.save_policy` and :meth:`Agent.load_policy`.
+- with ``has_policy``: :meth:`Agent.save_policy` and :meth:`Agent.load_policy` (written and read through
+  :meth:`Agent.write_policy` / :meth:`Agent.read_policy`, which record and print what the policy was trained on).
 
 The environment an agent gets (:class:`RecordedEnv`) counts and records every evaluation; the harness that
 builds it, the run directory and the resume live in ``runner/``, which this module never imports.
@@ -28,9 +29,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
+import torch
 
 from netcomp.arch import Arch, arch_from_dict, arch_to_dict
 from netcomp.distill import torch_threads
+from netcomp.files import torch_save_atomic
 from netcomp.surgery import save_student
 
 #: A seconds-only budget ends after this many evaluations in a row that cost no training seconds.
@@ -235,13 +238,38 @@ class Agent(ABC):
                                  f"{here[key]!r}: its actions would not mean the same here")
         self.notes["transferred_provenance"] = saved
 
+    def write_policy(self, path: str | Path, fmt: int, content: Mapping[str, Any],
+                     meta: Mapping[str, Any] | None = None) -> None:
+        """Write a policy file atomically: ``content`` (tensors, numbers, lists, strings: what
+        ``torch.load(weights_only=True)`` reads back), its format version ``fmt``, and ``meta`` with this run's
+        :meth:`provenance` added, which the run that loads it prints (:meth:`read_policy`)."""
+        torch_save_atomic({"format": fmt, **content, "meta": {**(meta or {}), "provenance": self.provenance()}},
+                          Path(path))
+
+    def read_policy(self, path: str | Path, fmt: int, required: Sequence[str]) -> dict[str, Any]:
+        """Read a file :meth:`write_policy` wrote (weights only: no code runs), print what it was trained on and
+        refuse it (ValueError, with the reason) when it is of another format, lacks a ``required`` key, or was
+        trained on another space or mode (:meth:`check_provenance`). Records the transfer in the run's notes."""
+        try:
+            blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+        except Exception as exc:  # not a torch file, or one that would need unpickling code
+            raise ValueError(f"{path} is not a policy file of agent {self.name!r}: {exc}") from exc
+        missing = [key for key in required if key not in blob] if isinstance(blob, dict) else list(required)
+        if not isinstance(blob, dict) or blob.get("format") != fmt or missing:
+            raise ValueError(f"{path} is not a policy file of agent {self.name!r} (format {fmt}, with "
+                             f"{', '.join(required)})")
+        self.check_provenance(path, (blob.get("meta") or {}).get("provenance"))
+        self.notes["transferred_from"] = str(path)
+        return blob
+
     def save_policy(self, path: str | Path) -> None:
-        """Write the learned policy (``has_policy`` agents), loadable with ``torch.load(weights_only=True)``."""
+        """Write the learned policy (``has_policy`` agents), loadable with ``torch.load(weights_only=True)``;
+        :meth:`write_policy` does the writing and records the provenance."""
         raise NotImplementedError(f"agent {self.name!r} has no policy to save")
 
     def load_policy(self, path: str | Path, trust_pickle: bool = False) -> None:
-        """Start from a policy another run saved (``has_policy`` agents); ``trust_pickle`` comes from the
-        command line only and lets a format that unpickles code be read."""
+        """Start from a policy another run saved (``has_policy`` agents; :meth:`read_policy` reads and checks it);
+        ``trust_pickle`` comes from the command line only and lets a format that unpickles code be read."""
         raise NotImplementedError(f"agent {self.name!r} has no policy to load")
 
     def state(self) -> dict[str, Any]:

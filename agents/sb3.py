@@ -22,7 +22,6 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
 from agents.base import Agent
-from netcomp.files import torch_save_atomic
 
 #: Version of the state and policy files written by SB3Agent.
 SB3_FORMAT = 1
@@ -130,10 +129,9 @@ class SB3Agent(Agent):
     def save_policy(self, path: str | Path) -> None:
         """The policy's weights and what they expect (loadable with weights_only=True)."""
         meta = {"observation_shape": list(self.env.observation_space.shape),
-                "action_space": repr(self.env.action_space), "policy_class": self.config.policy,
-                "provenance": self.provenance()}
-        torch_save_atomic({"format": SB3_FORMAT, "algorithm": self.algorithm.__name__,
-                           "policy": self.model.policy.state_dict(), "meta": meta}, Path(path))
+                "action_space": repr(self.env.action_space), "policy_class": self.config.policy}
+        self.write_policy(path, SB3_FORMAT, {"algorithm": self.algorithm.__name__,
+                                             "policy": self.model.policy.state_dict()}, meta)
 
     def load_policy(self, path: str | Path, trust_pickle: bool = False) -> None:
         """Start from a policy saved by another run: our weights-only file, or (only with ``trust_pickle``) an
@@ -144,18 +142,18 @@ class SB3Agent(Agent):
                 raise ValueError(f"{path} is an SB3 zip: loading it unpickles code that can run on this machine; "
                                  f"pass --trust-pickle if you trust its source, or use a policy.pt of a netcomp run")
             self.model = self.algorithm.load(path, env=self.env, device="cpu")
-        else:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(blob, dict) or blob.get("format") != SB3_FORMAT or "policy" not in blob:
-                raise ValueError(f"{path} is not an SB3 policy file of netcomp (format {SB3_FORMAT})")
-            self.check_provenance(path, (blob.get("meta") or {}).get("provenance"))
-            try:
-                self.model.policy.load_state_dict(blob["policy"])
-            except RuntimeError as exc:
-                raise ValueError(f"the policy in {path} ({blob.get('meta')}) does not fit this env's spaces "
-                                 f"(observation {self.env.observation_space.shape}, action {self.env.action_space})"
-                                 f": {exc}") from exc
-        self.notes["transferred_from"] = str(path)
+            self.notes["transferred_from"] = str(path)
+            return
+        blob = self.read_policy(path, SB3_FORMAT, ("policy",))
+        if blob.get("algorithm") not in (None, self.algorithm.__name__):
+            raise ValueError(f"{path} holds a {blob['algorithm']} policy; this run's agent is "
+                             f"{self.algorithm.__name__}")
+        try:
+            self.model.policy.load_state_dict(blob["policy"])
+        except RuntimeError as exc:
+            raise ValueError(f"the policy in {path} ({blob.get('meta')}) does not fit this env's spaces "
+                             f"(observation {self.env.observation_space.shape}, action {self.env.action_space})"
+                             f": {exc}") from exc
 
 
 def _numpy_state() -> dict[str, Any]:

@@ -37,7 +37,6 @@ from netcomp.arch import ESNAC_BASE, ESNAC_MAX_LAYERS, Arch, esnac_descriptor
 from netcomp.checks import as_bool, as_choice, as_float, as_int, invalid
 from netcomp.data import Dataset, Split
 from netcomp.distill import TrainConfig, evaluate
-from netcomp.files import torch_save_atomic
 from netcomp.rewards import n2n_reward
 
 #: Version of the files written by :meth:`ESNACAgent.save_policy`.
@@ -412,25 +411,22 @@ class ESNACAgent(Agent):
         """The transferable embedding (weights only) and the settings it needs."""
         embedding = self.final_embedding or self.fit_final_embedding()
         cfg = self.config
-        torch_save_atomic({"format": POLICY_FORMAT, "embedding": embedding, "meta": {
+        self.write_policy(path, POLICY_FORMAT, {"embedding": embedding}, {
             "max_layers": cfg.max_layers, "hidden_size": cfg.hidden_size, "num_layers": cfg.num_layers,
-            "teacher": str(self.env.unwrapped.arch.family), "config": asdict(cfg)}}, Path(path))
+            "teacher": str(self.env.unwrapped.arch.family), "config": asdict(cfg)})
 
     def load_policy(self, path: str | Path, trust_pickle: bool = False) -> None:
         """Reuse a saved embedding for every kernel, with no fitting (ESNAC's transfer, docs/methods.md#esnac-transfer).
 
         ``trust_pickle`` is accepted for the common interface; the file is always read with weights_only=True.
         """
-        blob = torch.load(Path(path), map_location="cpu", weights_only=True)
-        if not isinstance(blob, dict) or blob.get("format") != POLICY_FORMAT or "embedding" not in blob:
-            raise ValueError(f"{path} is not an ESNAC embedding (policy.pt of an esnac run)")
+        blob = self.read_policy(path, POLICY_FORMAT, ("embedding",))
         meta, cfg = blob["meta"], self.config
         for key in ("max_layers", "hidden_size", "num_layers"):
             if int(meta[key]) != int(getattr(cfg, key)):
                 raise ValueError(f"{path} was trained with {key}={meta[key]}, this run has {getattr(cfg, key)}; "
                                  f"set {key}: {meta[key]} in the agent config")
         self.loaded_embedding = blob["embedding"]
-        self.notes["transferred_from"] = {"path": str(path), "teacher": meta.get("teacher")}
 
 
 def with_validation_trained(data: Dataset) -> Dataset:

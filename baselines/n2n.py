@@ -44,7 +44,6 @@ from envs.shrinkage import N2N_LOOKUP
 from netcomp.arch import Arch, arch_from_dict, arch_to_dict, n2n_descriptors
 from netcomp.checks import as_bool, as_choice, as_float, as_int
 from netcomp.distill import LOSSES, OPTIMIZERS, SCHEDULES, TrainConfig
-from netcomp.files import torch_save_atomic
 
 #: Order of the pipeline's stages; ``state()["stage"]`` is one of them.
 STAGES = ("removal", "shrinkage", "finetune", "done")
@@ -614,13 +613,11 @@ class N2NAgent(Agent):
     # ------------------------------------------------------------------ transfer
     def save_policy(self, path: str | Path) -> None:
         """Write both policies' weights (loadable with weights_only=True) for :meth:`load_policy`."""
-        torch_save_atomic({
-            "format": POLICY_FORMAT, "removal": self.removal_policy.state_dict(),
-            "shrinkage": self.shrink_policy.state_dict(),
-            "meta": {"features": self.features, "hidden": self.config.hidden, "lstm_layers": self.config.lstm_layers,
-                     "n_shrink_actions": self.n_shrink_actions, "teacher": str(self.env.unwrapped.arch.family),
-                     "epochs": {s: p["epoch"] for s, p in self.progress.items()}, "provenance": self.provenance()},
-        }, Path(path))
+        self.write_policy(path, POLICY_FORMAT, {
+            "removal": self.removal_policy.state_dict(), "shrinkage": self.shrink_policy.state_dict()}, {
+            "features": self.features, "hidden": self.config.hidden, "lstm_layers": self.config.lstm_layers,
+            "n_shrink_actions": self.n_shrink_actions, "teacher": str(self.env.unwrapped.arch.family),
+            "epochs": {s: p["epoch"] for s, p in self.progress.items()}})
 
     def student_of(self, record: dict) -> Arch | None:
         """The student of a record of either stage (stage 2's are rebuilt on the stage-2 env)."""
@@ -632,10 +629,7 @@ class N2NAgent(Agent):
         """Start from policies trained by another run (any teacher depth); the optimisers start fresh.
 
         The file holds weights only (``trust_pickle`` is accepted for a uniform interface and not needed)."""
-        blob = torch.load(Path(path), map_location="cpu", weights_only=True)
-        if not isinstance(blob, dict) or blob.get("format") != POLICY_FORMAT:
-            raise ValueError(f"{path} is not an N2N policy file (format {POLICY_FORMAT})")
-        self.check_provenance(path, (blob.get("meta") or {}).get("provenance"))
+        blob = self.read_policy(path, POLICY_FORMAT, ("removal",))
         try:
             self.removal_policy.load_state_dict(blob["removal"])
             if blob.get("shrinkage") is not None:
@@ -645,7 +639,6 @@ class N2NAgent(Agent):
                              f"{self.features}, hidden {self.config.hidden}, lstm_layers "
                              f"{self.config.lstm_layers}): {exc}") from exc
         self._make_optimizers()
-        self.notes["transferred_from"] = str(path)
 
     def _make_optimizers(self) -> None:
         self.removal_opt = torch.optim.Adam(self.removal_policy.parameters(), lr=self.config.removal_lr)

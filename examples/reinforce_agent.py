@@ -17,6 +17,7 @@ class ReinforceAgent(Agent):
     kind = "policy"                     # it steps the env itself
     spaces = ("removal", "shrinkage")   # one Discrete action per layer
     modes = ("sequential",)             # the observation describes the current layer
+    has_policy = True                   # it saves policy.pt; --load-policy starts another run from one
     Config = ReinforceConfig
 
     def __init__(self, *args, **kwargs) -> None:
@@ -51,3 +52,12 @@ class ReinforceAgent(Agent):
     def load_state(self, state: dict) -> None:
         super().load_state(state)
         self.weights, self.baseline = np.array(state["weights"]), state["baseline"]
+
+    def save_policy(self, path) -> None:  # the observation has the same size on every teacher: it transfers
+        self.write_policy(path, 1, {"weights": self.weights.tolist()})
+
+    def load_policy(self, path, trust_pickle: bool = False) -> None:
+        weights = np.array(self.read_policy(path, 1, ["weights"])["weights"])  # checks space, mode; prints origin
+        if weights.shape != self.weights.shape:
+            raise ValueError(f"{path} holds weights of shape {weights.shape}; this env needs {self.weights.shape}")
+        self.weights = weights

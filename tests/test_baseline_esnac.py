@@ -207,7 +207,10 @@ def test_the_embedding_transfers_to_a_larger_teacher_without_fitting(tmp_path):
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     summary = json.loads((big / "summary.json").read_text())
-    assert summary["notes"]["transferred_from"]["path"] == str(small / "policy.pt")
+    assert summary["notes"]["transferred_from"] == str(small / "policy.pt")
+    assert "trained by esnac on resnet20 / synthetic, space edit" in done.stdout      # its provenance, printed
+    assert summary["notes"]["transferred_provenance"] == saved["meta"]["provenance"]
+    assert saved["meta"]["provenance"]["teacher"] == "resnet20" and saved["meta"]["provenance"]["episodes"] == 4
     again = torch.load(big / "policy.pt", weights_only=True)   # transferred, never refitted: the same weights
     assert all(torch.equal(again["embedding"][k], v) for k, v in saved["embedding"].items())
     wrong = _config(tmp_path, hidden_size=16)

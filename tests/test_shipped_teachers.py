@@ -26,7 +26,9 @@ from netcomp.teachers import (
 pytestmark = pytest.mark.usefixtures("one_thread")
 needs_fashion_mnist = pytest.mark.skipif(not os.path.isdir(FASHION_MNIST_SYSTEM_DIR),
                                          reason=f"{FASHION_MNIST_SYSTEM_DIR} missing")
-SHIPPED = ("resnet20-fashionmnist.pt", "lenet5-fashionmnist.pt")
+#: the shipped teachers and the recipe each was trained with (configs/teachers.yaml)
+SHIPPED = {"resnet20-fashionmnist.pt": "ship", "lenet5-fashionmnist.pt": "ship",
+           "lenet5caffe-fashionmnist.pt": "gpu-fast"}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,7 @@ def test_every_shipped_teacher_matches_its_manifest_and_loads_weights_only():
         teacher = load_teacher(path)  # torch.load(weights_only=True) inside
         for key in ("arch", "dataset", "recipe", "seed", "data_fingerprint", "test_accuracy", "val_accuracy"):
             assert teacher.meta[key] == entry[key], key
-        assert entry["recipe"] == "ship" and entry["dataset"] == "fashionmnist"
+        assert entry["recipe"] == SHIPPED[name] and entry["dataset"] == "fashionmnist"
     assert manifest["resnet20-fashionmnist.pt"]["test_accuracy"] >= 0.92
 
 

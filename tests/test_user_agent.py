@@ -1,5 +1,6 @@
 """A user's own agent: the README's example runs exactly as printed, by file path; bad references are errors."""
 
+import json
 import re
 from pathlib import Path
 
@@ -75,3 +76,35 @@ def test_the_readme_policy_agent_is_the_example_file_and_learns_from_sequential_
     assert (np.abs(np.array(state["weights"])).sum() > 0) == (len(set(rewards)) > 1)  # it learned from returns
     assert state["baseline"] is not None
     assert cli("--resume", out, "--agent", ref) == 0               # finished: nothing to do, no error
+
+
+def test_a_user_policy_agent_transfers_to_a_deeper_teacher_and_a_mismatch_is_refused(tiny_config, tmp_path,
+                                                                                      capsys):
+    import numpy as np
+    import torch
+
+    ref = f"{README.parent / 'examples' / 'reinforce_agent.py'}:ReinforceAgent"
+    small = tmp_path / "r20"
+    assert cli("--env", "removal-resnet20-synthetic", "--agent", ref, "--budget", 4, "--config", tiny_config,
+               "--out", small) == 0
+    saved = torch.load(small / "policy.pt", weights_only=True)
+    assert saved["meta"]["provenance"]["teacher"] == "resnet20" and saved["meta"]["provenance"]["episodes"] == 4
+    learned = np.array(torch.load(small / "checkpoint.pt", weights_only=True)["agent"]["weights"])
+    assert np.array_equal(np.array(saved["weights"]), learned)          # the policy file holds what it learned
+    capsys.readouterr()
+    big = tmp_path / "r32"
+    assert cli("--env", "removal-resnet32-synthetic", "--agent", ref, "--budget", 1, "--config", tiny_config,
+               "--load-policy", small / "policy.pt", "--out", big) == 0
+    assert "trained by reinforce on resnet20 / synthetic, space removal (sequential)" in capsys.readouterr().out
+    notes = json.loads((big / "summary.json").read_text())["notes"]
+    assert notes["transferred_from"] == str(small / "policy.pt")
+    started = np.array(torch.load(big / "checkpoint.pt", weights_only=True)["agent"]["weights"])
+    # its first episode's update is zero (the baseline starts at that return): it still holds what it loaded
+    assert np.abs(learned).sum() > 0 and np.array_equal(started, learned)
+    shrink = cli("--env", "shrinkage-resnet32-synthetic", "--agent", ref, "--budget", 1, "--config", tiny_config,
+                 "--load-policy", small / "policy.pt", "--out", tmp_path / "x")
+    assert shrink == 2 and "trained on space 'removal'" in capsys.readouterr().err
+    (tmp_path / "n2n.pt").write_bytes((small / "checkpoint.pt").read_bytes())    # not a policy file
+    other = cli("--env", "removal-resnet32-synthetic", "--agent", ref, "--budget", 1, "--config", tiny_config,
+                "--load-policy", tmp_path / "n2n.pt", "--out", tmp_path / "y")
+    assert other == 2 and "is not a policy file of agent 'reinforce'" in capsys.readouterr().err
