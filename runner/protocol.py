@@ -95,6 +95,7 @@ def protocol_command(args: argparse.Namespace) -> int:
             _write_specs(out, specs, protocol)
         _check_unmixed(out, configs)
         replays: dict[str, Any] = {}
+        finetunes = known_finetunes(out)
         cells = [(t, agent, seed, config) for t, per in configs.items() for (agent, seed), config in per.items()]
         for i, (target, agent, seed, config) in enumerate(cells, 1):
             run_dir = out / target_label(target) / run_label(agent, seed)
@@ -104,7 +105,7 @@ def protocol_command(args: argparse.Namespace) -> int:
                 _run_one(config, run_dir)
             except AgentOverspent as exc:  # that run ended with its summary; the others still run
                 print(f"warning: {run_dir.name}: {exc}", flush=True)
-            finetune_cell(run_dir, config, protocol["metric"], target, bool(protocol["scratch"]), replays)
+            finetune_cell(run_dir, config, protocol["metric"], target, bool(protocol["scratch"]), replays, finetunes)
         for env in replays.values():
             env.close()
         rows = write_protocol(out, protocol, next(iter(specs.values())))
@@ -226,10 +227,13 @@ def _check_unmixed(out: Path, configs: dict[float, dict]) -> None:
 
 # ---------------------------------------------------------------------------- one cell's fine-tune
 def finetune_cell(run_dir: Path, config: dict, metric: str, target: float, scratch: bool,
-                  replays: dict[str, Any]) -> dict[str, Any]:
+                  replays: dict[str, Any], finetunes: dict[str, dict] | None = None) -> dict[str, Any]:
     """The protocol fine-tune(s) of a finished run's best valid student at or below the target, cached in
     ``<run>/protocol.json`` (reused while the best student, target, scratch setting and recipe are the same). A
-    run with no such student is ``missed``, with the reason. ``replays`` caches the envs students are rebuilt on."""
+    run with no such student is ``missed``, with the reason. ``replays`` caches the envs students are rebuilt on;
+    ``finetunes`` holds the fine-tunes done so far by :func:`finetune_key`, so a student another run chose with
+    the same seed is not trained again (its report says ``reused``)."""
+    finetunes = {} if finetunes is None else finetunes
     records = read_records(run_dir / "evaluations.jsonl")
     chosen = best(records, valid_only=True)
     key = {"target": {metric: target}, "index": None if chosen is None else chosen["index"],
@@ -247,13 +251,13 @@ def finetune_cell(run_dir: Path, config: dict, metric: str, target: float, scrat
         cell["missed"] = f"no valid student at or below {metric} {target:g} x the teacher's in {len(records)} " \
                          f"evaluations"
     else:
-        cell.update(_finetune_record(chosen, run_dir, config, metric, target, scratch, replays))
+        cell.update(_finetune_record(chosen, run_dir, config, metric, target, scratch, replays, finetunes))
     write_text_atomic(path, json.dumps(cell, indent=1, default=str))
     return cell
 
 
 def _finetune_record(record: dict, run_dir: Path, config: dict, metric: str, target: float, scratch: bool,
-                     replays: dict[str, Any]) -> dict[str, Any]:
+                     replays: dict[str, Any], finetunes: dict[str, dict]) -> dict[str, Any]:
     """A record's student, checked against the target by the engine's counters, after the protocol fine-tune
     (from its inherited or submitted weights, and with ``scratch`` from re-initialised ones)."""
     import torch
@@ -268,12 +272,42 @@ def _finetune_record(record: dict, run_dir: Path, config: dict, metric: str, tar
     if record.get("weights"):
         weights = torch.load(run_dir / record["weights"], map_location="cpu", weights_only=True)
     seed = int(record["replay"]["train_seed"])
-    reports = {}
-    with torch_threads(int(config["run"]["threads"])):
-        for start in STARTS if scratch else STARTS[:1]:
-            reports[start] = evaluator.train_protocol(student, weights, seed=seed, scratch=start == "scratch")[1]
+    reports, keys = {}, {}
+    for start in STARTS if scratch else STARTS[:1]:
+        key = None if weights is not None and start == "inherited" else \
+            finetune_key(record, evaluator.fidelity.protocol_recipe().to_dict(), seed, start, config)
+        if key is not None and key in finetunes:  # the same computation, done for another run: its result
+            reports[start] = {**finetunes[key], "reused": True}
+        else:
+            with torch_threads(int(config["run"]["threads"])):
+                reports[start] = evaluator.train_protocol(student, weights, seed=seed, scratch=start == "scratch")[1]
+            if key is not None:
+                finetunes[key] = reports[start]
+        keys[start] = key
     return {"index": record["index"], "search_reward": record["reward"], "search_accuracy": record.get("accuracy"),
-            "reports": reports}
+            "reports": reports, "finetune_keys": keys}
+
+
+def finetune_key(record: dict, recipe: dict[str, Any], seed: int, start: str, config: dict) -> str:
+    """What determines a fine-tune of a student that starts from the teacher's weights or from scratch: the env
+    (its target aside: it only decides which students are allowed), the student, the recipe, the seed, the start
+    and the thread count. Two runs whose best students share this key get the same numbers (the engine is
+    deterministic at a fixed thread count), so the protocol trains it once."""
+    kwargs = {k: v for k, v in record["replay"]["env_kwargs"].items() if k != "target"}
+    return json.dumps([record["replay"]["env_id"], kwargs, record.get("arch_key"), recipe, seed, start,
+                       int(config["run"]["threads"]), config["run"].get("device")], sort_keys=True, default=str)
+
+
+def known_finetunes(out: Path) -> dict[str, dict[str, Any]]:
+    """The fine-tunes the protocol's finished cells hold, by :func:`finetune_key` (a resume reuses them)."""
+    known: dict[str, dict[str, Any]] = {}
+    for path in sorted(out.glob(f"t*/*/{CELL_FILE}")):
+        cell = json.loads(path.read_text())
+        for start, key in (cell.get("finetune_keys") or {}).items():
+            report = (cell.get("reports") or {}).get(start)
+            if key is not None and report is not None and not report.get("reused"):
+                known[key] = report
+    return known
 
 
 def _recipe(record: dict, config: dict, replays: dict[str, Any]) -> dict[str, Any]:
@@ -419,11 +453,21 @@ def write_protocol(out: Path, protocol: dict[str, Any], spec: dict[str, Any]) ->
               f"student params; search train s: the search's training seconds; `(scratch)`: the same "
               f"architecture re-initialised and given the same fine-tune; missed: seeds with no valid student at "
               f"or below the target. Teacher test accuracy "
-              f"{'-' if teacher is None else f'{teacher:.4f}'} (the same test images).\n\n")
+              f"{'-' if teacher is None else f'{teacher:.4f}'} (the same test images).{reuse_note(out)}\n\n")
     write_text_atomic(out / "protocol.md", header + markdown_table(rows) + "\n")
     write_text_atomic(out / "protocol.csv", csv_text(rows))
     write_curve(out / "curve.png", rows, teacher)
     return rows
+
+
+def reuse_note(out: Path) -> str:
+    """How many fine-tunes were trained and how many reused (one run's chosen student, seed and recipe being
+    another's), or '' when none was reused."""
+    reports = [r for path in out.glob(f"t*/*/{CELL_FILE}")
+               for r in (json.loads(path.read_text()).get("reports") or {}).values()]
+    reused = sum(1 for r in reports if r.get("reused"))
+    return (f" {len(reports) - reused} fine-tunes were trained; {reused} more were the same computation (the same "
+            f"student, train seed, recipe and start chosen by another run) and reuse its result.") if reused else ""
 
 
 # ---------------------------------------------------------------------------- the plot

@@ -220,3 +220,37 @@ def test_a_protocol_refuses_changes_on_resume_and_bad_targets(resumed, tmp_path,
     bad[bad.index("--targets") + 1] = "0.5,2"
     assert cli(*bad) == 2 and "'2' is not a fraction" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
+
+
+def test_a_student_another_run_chose_with_the_same_seed_is_not_fine_tuned_again(resumed, tmp_path, monkeypatch):
+    import shutil
+
+    from netcomp.evaluator import Evaluator
+    from runner.protocol import finetune_cell, known_finetunes, reuse_note
+
+    out, _, _ = resumed
+    original = out / "t0.5" / "random-s0"
+    kept = json.loads((original / "protocol.json").read_text())
+    copy = tmp_path / "t0.5" / "random-s0"                  # the same run under another protocol directory
+    shutil.copytree(original, copy)
+    (copy / "protocol.json").unlink()
+    config = yaml.safe_load((copy / "config.yaml").read_text())
+    trained = []
+    real = Evaluator.train_protocol
+    monkeypatch.setattr(Evaluator, "train_protocol", lambda self, *a, **k: trained.append(k) or real(self, *a, **k))
+    known = known_finetunes(out)
+    assert set(known) >= set(kept["finetune_keys"].values())
+    cell = finetune_cell(copy, config, "macs", 0.5, True, {}, known)
+    assert trained == []                                    # both fine-tunes were the known ones
+    for start, report in cell["reports"].items():
+        assert report == {**kept["reports"][start], "reused": True}
+    assert " 0 fine-tunes were trained; 2 more were the same computation" in reuse_note(tmp_path)
+    assert reuse_note(out) == ""                            # the original protocol trained each of its own
+    # another train seed is another computation: trained, and its result is not the reused one
+    records = read_records(copy / "evaluations.jsonl")
+    chosen = cell["index"]
+    records[chosen]["replay"]["train_seed"] += 1
+    (copy / "evaluations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (copy / "protocol.json").unlink()
+    again = finetune_cell(copy, config, "macs", 0.5, True, {}, known)
+    assert len(trained) == 2 and not any(r.get("reused") for r in again["reports"].values())
