@@ -140,6 +140,11 @@ class HoyerConfig:
     env_train: bool = False
     """False: the env only evaluates the submitted student (the fine-tuned weights are the result). True:
     it also distils it at the fidelity before scoring."""
+    fit_target: bool = True
+    """Under an env ``target`` (the operating-point protocol): True raises each point's pruning level (tau, or
+    s of the std rule) to the smallest one whose physically shrunk student is at or below the target, found by
+    bisection; the paper has no target (its level is fixed), so False keeps the configured level, and a point
+    above the target is then invalid ("over target")."""
 
     def __post_init__(self) -> None:
         """Coerce YAML values and reject bad ones (netcomp.checks' one format)."""
@@ -163,7 +168,7 @@ class HoyerConfig:
         self.batch_size = as_int(o, "batch_size", self.batch_size, 1)
         self.train_max = as_int(o, "train_max", self.train_max, 1, optional=True)
         self.max_steps = as_int(o, "max_steps", self.max_steps, 0, optional=True)
-        for name in ("prune_bn", "follow_fidelity", "env_train"):
+        for name in ("prune_bn", "follow_fidelity", "env_train", "fit_target"):
             setattr(self, name, as_bool(o, name, getattr(self, name)))
 
     @property
@@ -177,12 +182,17 @@ class HoyerConfig:
             return "whole"
         return self.grouping
 
-    def prune_args(self, i: int) -> tuple[float, float]:
-        """(threshold, std_scale) that point ``i`` prunes with: its ``prune_levels`` entry, else the run's."""
-        if self.prune_levels is None:
+    def prune_args(self, i: int, level: float | None = None) -> tuple[float, float]:
+        """(threshold, std_scale) that point ``i`` prunes with: ``level`` if given (a level fitted to a target),
+        else its ``prune_levels`` entry, else the run's."""
+        if level is None and self.prune_levels is None:
             return self.threshold, self.std_scale
-        level = self.prune_levels[i]
+        level = self.prune_levels[i] if level is None else level
         return (level, self.std_scale) if self.prune_rule == "threshold" else (self.threshold, level)
+
+    def prune_level(self, i: int) -> float:
+        """Point ``i``'s configured level: tau of the threshold rule or s of the std rule."""
+        return self.prune_args(i)[0 if self.prune_rule == "threshold" else 1]
 
     @property
     def tensors(self) -> str:
@@ -362,7 +372,8 @@ class HoyerAgent(Agent):
                 train_phase(model, ev.dataset, train, cfg.train_milestones, cfg.gamma, ev.device, self.seed + i,
                             reg=reg)
             pruned = weight_tensors(model, base.arch, cfg.tensors, bn=cfg.prune_bn)
-            masks = prune_masks(pruned, cfg.prune_rule, *cfg.prune_args(i))
+            level = self.level_for_target(model, i) if base.target and cfg.fit_target else cfg.prune_level(i)
+            masks = prune_masks(pruned, cfg.prune_rule, *cfg.prune_args(i, level))
             apply_masks(pruned, masks)
             ft = self.phase("final")
             if ft is not None:
@@ -371,9 +382,9 @@ class HoyerAgent(Agent):
             student, module, removed = shrink(model.cpu(), base.arch, cfg.dead_rule)
         seconds = time.perf_counter() - start
         self.charge(seconds)
-        point = self.describe(i, model, student, removed, seconds)
-        facts = {k: point[k] for k in ("decay", "regularizer", "density", "nonzeros", "pruned_total",
-                                       "dense_params", "physical", "note")}
+        point = {**self.describe(i, model, student, removed, seconds), "prune_level": level}
+        facts = {k: point[k] for k in ("decay", "regularizer", "prune_level", "density", "nonzeros",
+                                       "pruned_total", "dense_params", "physical", "note")}
         reward, info = self.submit(student, module.state_dict(), train=cfg.env_train, facts=facts)
         point.update({"index": self.env.records[-1]["index"], "reward": reward, "valid": info["valid"],
                       "accuracy": info["accuracy"], "params": info["params"], "macs": info["macs"],
@@ -382,6 +393,36 @@ class HoyerAgent(Agent):
         self.notes["points"].append(point)
         self.keep_best(point, student, module)
         return point
+
+    def level_for_target(self, model: nn.Module, i: int, steps: int = 40) -> float:
+        """The smallest pruning level at or above point ``i``'s whose shrunk student is within the env's target.
+
+        A higher level zeroes more weights, so more channels die and the student only shrinks: the level is
+        doubled until the student fits (or every weight is below it), then bisected ``steps`` times between
+        the last level that did not fit and the first that did. Each trial prunes a copy of ``model``."""
+        cfg, base = self.config, self.env.unwrapped
+
+        def fits(level: float) -> bool:
+            trial = copy.deepcopy(model).cpu()
+            tensors = weight_tensors(trial, base.arch, cfg.tensors, bn=cfg.prune_bn)
+            apply_masks(tensors, prune_masks(tensors, cfg.prune_rule, *cfg.prune_args(i, level)))
+            return base.evaluator.target_problem(shrink(trial, base.arch, cfg.dead_rule)[0]) is None
+
+        low = cfg.prune_level(i)
+        if fits(low):
+            return low
+        largest = max(float(w.detach().abs().max()) for w in weight_tensors(model, base.arch, cfg.tensors).values())
+        high = max(low, 1e-12) * 2
+        while not fits(high):
+            if high > largest and cfg.prune_rule == "threshold":
+                return high  # every weight is pruned and it still does not fit: the env says why
+            if high > 1e6:
+                return high
+            low, high = high, high * 2
+        for _ in range(steps):
+            middle = (low + high) / 2
+            low, high = (low, middle) if fits(middle) else (middle, high)
+        return high
 
     def describe(self, i: int, model: nn.Module, student: Arch, removed: dict[str, int],
                  seconds: float) -> dict[str, Any]:
@@ -394,7 +435,6 @@ class HoyerAgent(Agent):
         physical = student is not arch
         return {
             "decay": cfg.decays[i], "regularizer": cfg.regularizer, "structural": cfg.structural,
-            "prune_level": cfg.prune_args(i)[0 if cfg.prune_rule == "threshold" else 1],
             "nonzeros": nonzeros, "pruned_total": total, "density": nonzeros / max(1, total),
             "dense_params": count_params(arch), "student_params": count_params(student),
             "alive_macs": alive_macs(model, arch),

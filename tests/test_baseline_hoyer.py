@@ -125,9 +125,9 @@ def test_dead_rules():
         assert torch.allclose(module(x), model(x), atol=1e-5, rtol=1e-4)
 
 
-def make_agent(tiny, evaluations=5, run_dir=None, **overrides):
+def make_agent(tiny, evaluations=5, run_dir=None, target=None, **overrides):
     log = RunLog(Budget(evaluations), path=None if run_dir is None else run_dir / "evaluations.jsonl")
-    env = Recorder(ChannelRatioEnv(arch="resnet20", **tiny), log)
+    env = Recorder(ChannelRatioEnv(arch="resnet20", target=target, **tiny), log)
     return HoyerAgent(env, HoyerConfig(**overrides), seed=0, run_dir=run_dir), env
 
 
@@ -338,3 +338,29 @@ def test_the_quick_presets_record_a_valid_smaller_student_at_the_smoke_fidelity(
     assert all(r["invalid_reason"] for r in records if not r["valid"])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best"]["valid"] and summary["notes"]["points"][-1]["prune_level"] == 2.0
+
+
+@pytest.mark.parametrize("metric", ["macs", "params"])
+def test_under_a_target_each_point_prunes_at_the_smallest_level_that_reaches_it(tiny, metric):
+    """The protocol's operating point: the pruning level rises from the configured one to the target's; the
+    submitted student is at or below it by the engine's counters, and a slightly lower level would not be."""
+    agent, env = make_agent(tiny, target={metric: 0.5}, decays=[1e-3], threshold=1e-4)
+    agent.run()
+    (record,), (point,) = env.records, agent.notes["points"]
+    teacher = env.unwrapped.evaluator.teacher_macs if metric == "macs" else env.unwrapped.evaluator.teacher_params
+    assert record["valid"] and record[metric] <= 0.5 * teacher and point["prune_level"] > 1e-4
+    assert record["facts"]["prune_level"] == point["prune_level"]   # in the record's facts
+    below, _ = make_agent(tiny, target={metric: 0.5}, decays=[1e-3], threshold=point["prune_level"] * 0.99,
+                          fit_target=False)
+    below.run()                                # the same training, pruned 1% below the fitted level: over target
+    assert not below.env.records[0]["valid"] and below.env.records[0]["invalid_reason"].startswith("over target")
+
+
+def test_without_fitting_a_point_above_the_target_is_over_target_and_without_a_target_the_level_is_kept(tiny):
+    agent, env = make_agent(tiny, target={"macs": 0.5}, decays=[1e-3], threshold=1e-4, fit_target=False)
+    agent.run()
+    assert env.records[0]["invalid_reason"].startswith("over target")
+    assert agent.notes["points"][0]["prune_level"] == 1e-4
+    agent, env = make_agent(tiny, decays=[1e-3], threshold=1e-4)
+    agent.run()
+    assert agent.notes["points"][0]["prune_level"] == 1e-4
