@@ -9,7 +9,8 @@ a finished run is skipped, an unfinished one is resumed)::
     DIR/<agent>/source-s<seed>/   DIR/<agent>/transferred-s<seed>/   DIR/<agent>/scratch-s<seed>/
 
 and the study writes ``DIR/transfer.md`` (per agent: the final best of each arm, mean ± sample std over seeds,
-the difference in units of scratch's seed std, Welch's one-sided p that transfer's final best is higher,
+the difference in units of scratch's seed std, the one-sided Mann-Whitney and Welch p-values that transfer's
+final best is higher (:func:`benchmarks.beats_random.versus`, scratch in the place of random search),
 the evaluations and training seconds each run took to reach scratch's mean final best, and what the source
 training cost) and ``DIR/<agent>_best_so_far.png`` (the comparison harness's best-so-far figure with
 "transferred" and "scratch" as its two agents).
@@ -33,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from scipy import stats
 
+from benchmarks.beats_random import versus
 from runner.compare import best_so_far
 from runner.plots import best_so_far_figure
 from runner.recorder import full_fidelity, read_records
@@ -141,13 +142,10 @@ def agent_result(out: Path, agent: str, seeds: int) -> dict:
     runs = {arm: [records_of(run_dir(out, agent, arm, s)) for s in range(seeds)] for arm in ARMS}
     finals = {arm: np.array([max(r["reward"] for r in recs) for recs in runs[arm]]) for arm in ARMS}
     threshold = float(finals["scratch"].mean())
-    spread = float(finals["scratch"].std(ddof=1)) if seeds > 1 else float("nan")
-    welch = (stats.ttest_ind(finals["transferred"], finals["scratch"], equal_var=False, alternative="greater")
-             .pvalue if seeds > 1 else float("nan"))
     sources = [records_of(run_dir(out, agent, "source", s)) for s in range(seeds)]
     return {
-        "runs": runs, "finals": finals, "threshold": threshold, "welch_p": float(welch),
-        "in_scratch_stds": float(finals["transferred"].mean() - threshold) / spread if spread > 0 else float("nan"),
+        "runs": runs, "finals": finals, "threshold": threshold,
+        "test": versus(finals["transferred"], finals["scratch"]),
         "reach": {arm: [reach(recs, threshold) for recs in runs[arm]] for arm in ARMS},
         "source_evaluations": [len(r) for r in sources],
         "source_seconds": [training_seconds(run_dir(out, agent, "source", s)) for s in range(seeds)],
@@ -169,15 +167,16 @@ def report(out: Path, agents: list[str], seeds: int, title: str) -> str:
     """transfer.md's table and each agent's best-so-far figure."""
     lines = [f"# {title}", "",
              "| agent | source: evaluations, training s (mean) | transferred: final best | scratch: final best "
-             "| difference / scratch's std | Welch p (transferred higher) | transferred reaches scratch's mean "
+             "| difference / scratch's std | Mann-Whitney p | Welch p | transferred reaches scratch's mean "
              "best at evaluation (training s), per seed | scratch reaches it at |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|"]
     for agent in agents:
         r = agent_result(out, agent, seeds)
         lines.append(
             f"| {agent} | {np.mean(r['source_evaluations']):.0f}, {np.mean(r['source_seconds']):.0f} "
             f"| {_mean_std(r['finals']['transferred'])} | {_mean_std(r['finals']['scratch'])} "
-            f"| {r['in_scratch_stds']:+.1f} | {r['welch_p']:.3f} | {_reached(r['reach']['transferred'])} "
+            f"| {r['test']['in_random_stds']:+.1f} | {r['test']['mann_whitney_p']:.3f} | {r['test']['welch_p']:.3f} "
+            f"| {_reached(r['reach']['transferred'])} "
             f"| {_reached(r['reach']['scratch'])} |")
         figure = best_so_far_figure(r["runs"], f"{title}: {agent}, {seeds} seeds, "
                                                f"{r['target_evaluations'][0]} evaluations each")
