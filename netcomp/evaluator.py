@@ -294,6 +294,7 @@ class Evaluator:
         self.teacher_logits = TeacherLogitCache()
         self.cache_path = Path(cache_path) if cache_path else None
         self.trainings = 0  # students actually trained (cache misses), for the harness's accounting
+        self._teacher_test: dict[int | None, float] = {}  # the teacher's TEST accuracy per image cap, once each
         self.trained_seconds = 0.0  # the seconds those trainings took (as each result's eval_seconds adds up)
         if self.cache_path and self.cache_path.exists():
             self._load_cache()
@@ -551,6 +552,14 @@ class Evaluator:
         report = self._kept_report(model, student, result, recipe.train.eval_max)
         return model, {**report, "protocol": recipe.to_dict(), "start": start}
 
+    def teacher_test_accuracy(self, test_max: int | None = None) -> float:
+        """The teacher's accuracy on the first ``test_max`` test images (all if None), measured once per cap:
+        every kept student's report sets its test accuracy beside it, and the teacher does not change."""
+        if test_max not in self._teacher_test:
+            self._teacher_test[test_max] = float(evaluate(self.teacher_model, self.dataset.test, self.dataset,
+                                                          device=self.device, max_items=test_max)[0])
+        return self._teacher_test[test_max]
+
     def _kept_report(self, model: nn.Module, student: Arch, result: TrainResult,
                      test_max: int | None) -> dict[str, Any]:
         """A trained student's report: validity, validation and TEST accuracy (on at most ``test_max`` test
@@ -558,8 +567,7 @@ class Evaluator:
         test_images = min(len(self.dataset.test.y), test_max or len(self.dataset.test.y))
         test_acc = evaluate(model, self.dataset.test, self.dataset, device=self.device,
                             max_items=test_max)[0] if result.valid else 0.0
-        teacher_test = evaluate(self.teacher_model, self.dataset.test, self.dataset, device=self.device,
-                                max_items=test_max)[0]
+        teacher_test = self.teacher_test_accuracy(test_max)
         params = count_params(student)
         return {
             "valid": bool(result.valid), "invalid_reason": result.invalid_reason,

@@ -254,3 +254,18 @@ def test_a_student_another_run_chose_with_the_same_seed_is_not_fine_tuned_again(
     (copy / "protocol.json").unlink()
     again = finetune_cell(copy, config, "macs", 0.5, True, {}, known)
     assert len(trained) == 2 and not any(r.get("reused") for r in again["reports"].values())
+
+
+def test_the_teachers_test_accuracy_is_measured_once_per_image_cap(tiny, monkeypatch):
+    import netcomp.evaluator as evaluator_module
+
+    ev = _env(tiny).unwrapped.evaluator
+    calls = []
+    real = evaluator_module.evaluate
+    monkeypatch.setattr(evaluator_module, "evaluate",
+                        lambda model, *a, **k: calls.append(model) or real(model, *a, **k))
+    first = ev.teacher_test_accuracy(32)
+    assert ev.teacher_test_accuracy(32) == first and len(calls) == 1
+    assert first == real(ev.teacher_model, ev.dataset.test, ev.dataset, max_items=32)[0]
+    ev.teacher_test_accuracy(None)                           # another cap is another measurement
+    assert len(calls) == 2
