@@ -150,6 +150,8 @@ class Agent(ABC):
     extendable: ClassVar[bool] = True
     #: whether the agent saves a policy (``policy.pt``) and can start from one (``--load-policy``)
     has_policy: ClassVar[bool] = False
+    #: other agents whose policy files this one can start from (its own name always): SB3's agents share one
+    loads_policies_of: ClassVar[tuple[str, ...]] = ()
     Config: ClassVar[type] = object
 
     def __init__(self, env: RecordedEnv, config: Any, seed: int = 0, run_dir: Path | None = None,
@@ -223,14 +225,19 @@ class Agent(ABC):
                 "fidelity": base.fidelity.name, "episodes": int(self.budget.used)}
 
     def check_provenance(self, path: str | Path, saved: dict[str, Any] | None) -> None:
-        """Print what a loaded policy was trained on; ValueError when it was trained on another space or mode,
-        where its actions would mean something else even if the shapes fit."""
+        """Print what a loaded policy was trained on; ValueError when another agent trained it (one not in
+        ``loads_policies_of``), or when it was trained on another space or mode, where its actions would mean
+        something else even if the shapes fit."""
         if not saved:
             print(f"loading the policy {path} (it records no provenance)")
             return
         print(f"loading the policy {path}: trained by {saved.get('agent')} on {saved.get('teacher')} / "
               f"{saved.get('dataset')}, space {saved.get('space')} ({saved.get('mode')}), reward "
               f"{saved.get('reward')}, fidelity {saved.get('fidelity')}, {saved.get('episodes')} episodes")
+        agent = saved.get("agent")
+        if agent is not None and agent != self.name and agent not in self.loads_policies_of:
+            raise ValueError(f"the policy {path} was trained by agent {agent!r}; this run's agent {self.name!r} "
+                             f"cannot start from it")
         here = self.provenance()
         for key in ("space", "mode"):
             if saved.get(key) is not None and saved[key] != here[key]:
@@ -250,15 +257,23 @@ class Agent(ABC):
         """Read a file :meth:`write_policy` wrote (weights only: no code runs), print what it was trained on and
         refuse it (ValueError, with the reason) when it is of another format, lacks a ``required`` key, or was
         trained on another space or mode (:meth:`check_provenance`). Records the transfer in the run's notes."""
+        if not Path(path).is_file():
+            raise ValueError(f"the policy file {path} does not exist")
         try:
             blob = torch.load(Path(path), map_location="cpu", weights_only=True)
         except Exception as exc:  # not a torch file, or one that would need unpickling code
             raise ValueError(f"{path} is not a policy file of agent {self.name!r}: {exc}") from exc
-        missing = [key for key in required if key not in blob] if isinstance(blob, dict) else list(required)
-        if not isinstance(blob, dict) or blob.get("format") != fmt or missing:
-            raise ValueError(f"{path} is not a policy file of agent {self.name!r} (format {fmt}, with "
-                             f"{', '.join(required)})")
-        self.check_provenance(path, (blob.get("meta") or {}).get("provenance"))
+        if not isinstance(blob, dict) or blob.get("format") != fmt:
+            found = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
+            raise ValueError(f"{path} is not a policy file of agent {self.name!r}: format {found!r}, not {fmt}")
+        meta = blob.get("meta") or {}
+        provenance = meta.get("provenance") if isinstance(meta, dict) else None
+        if not isinstance(meta, dict) or not isinstance(provenance, (dict, type(None))):
+            raise ValueError(f"{path} is not a policy file of agent {self.name!r}: its meta is not a mapping")
+        self.check_provenance(path, provenance)  # another agent's file is refused here, by name
+        missing = [key for key in required if key not in blob]
+        if missing:
+            raise ValueError(f"{path} is not a policy file of agent {self.name!r}: it lacks {', '.join(missing)}")
         self.notes["transferred_from"] = str(path)
         return blob
 

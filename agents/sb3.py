@@ -61,6 +61,7 @@ class SB3Agent(Agent):
     spaces = ("removal", "shrinkage", "channel-ratio", "ranking-affine")
     modes = ("sequential", "oneshot")
     has_policy = True
+    loads_policies_of = ("ppo", "a2c", "sb3")  # one file format; the algorithm is checked on load
     Config = SB3Config
     algorithm: ClassVar[type[BaseAlgorithm]] = PPO
 

@@ -421,8 +421,10 @@ class ESNACAgent(Agent):
         ``trust_pickle`` is accepted for the common interface; the file is always read with weights_only=True.
         """
         blob = self.read_policy(path, POLICY_FORMAT, ("embedding",))
-        meta, cfg = blob["meta"], self.config
+        meta, cfg = blob.get("meta") or {}, self.config
         for key in ("max_layers", "hidden_size", "num_layers"):
+            if key not in meta:
+                raise ValueError(f"{path} does not say the {key} its embedding was trained with")
             if int(meta[key]) != int(getattr(cfg, key)):
                 raise ValueError(f"{path} was trained with {key}={meta[key]}, this run has {getattr(cfg, key)}; "
                                  f"set {key}: {meta[key]} in the agent config")

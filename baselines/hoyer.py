@@ -394,16 +394,19 @@ class HoyerAgent(Agent):
         self.keep_best(point, student, module)
         return point
 
-    def level_for_target(self, model: nn.Module, i: int, steps: int = 40) -> float:
+    def level_for_target(self, model: nn.Module, i: int, tolerance: float = 1e-3) -> float:
         """The smallest pruning level at or above point ``i``'s whose shrunk student is within the env's target.
 
         A higher level zeroes more weights, so more channels die and the student only shrinks: the level is
-        doubled until the student fits (or every weight is below it), then bisected ``steps`` times between
-        the last level that did not fit and the first that did. Each trial prunes a copy of ``model``."""
+        doubled until the student fits, then bisected between the last level that did not fit and the first
+        that did, to a relative ``tolerance``. A level above which every weight is pruned ends the doubling:
+        the student of that level is returned as it is, and the env says why it is invalid. Each trial
+        prunes a copy of ``model``."""
         cfg, base = self.config, self.env.unwrapped
+        model = copy.deepcopy(model).cpu()
 
         def fits(level: float) -> bool:
-            trial = copy.deepcopy(model).cpu()
+            trial = copy.deepcopy(model)
             tensors = weight_tensors(trial, base.arch, cfg.tensors, bn=cfg.prune_bn)
             apply_masks(tensors, prune_masks(tensors, cfg.prune_rule, *cfg.prune_args(i, level)))
             return base.evaluator.target_problem(shrink(trial, base.arch, cfg.dead_rule)[0]) is None
@@ -411,18 +414,25 @@ class HoyerAgent(Agent):
         low = cfg.prune_level(i)
         if fits(low):
             return low
-        largest = max(float(w.detach().abs().max()) for w in weight_tensors(model, base.arch, cfg.tensors).values())
+        everything = self.level_pruning_everything(model)
         high = max(low, 1e-12) * 2
         while not fits(high):
-            if high > largest and cfg.prune_rule == "threshold":
-                return high  # every weight is pruned and it still does not fit: the env says why
-            if high > 1e6:
+            if high > everything:
                 return high
             low, high = high, high * 2
-        for _ in range(steps):
+        while high - low > tolerance * high:
             middle = (low + high) / 2
             low, high = (low, middle) if fits(middle) else (middle, high)
         return high
+
+    def level_pruning_everything(self, model: nn.Module) -> float:
+        """A level at which every pruned weight is zeroed: the largest |w| (threshold rule), or the largest
+        |w| / std(w) of a tensor (std rule)."""
+        cfg, arch = self.config, self.env.unwrapped.arch
+        tensors = [w.detach().float() for w in weight_tensors(model, arch, cfg.tensors, bn=cfg.prune_bn).values()]
+        if cfg.prune_rule == "threshold":
+            return max(float(w.abs().max()) for w in tensors)
+        return max(float(w.abs().max() / w.std()) for w in tensors if w.numel() > 1 and float(w.std()) > 0)
 
     def describe(self, i: int, model: nn.Module, student: Arch, removed: dict[str, int],
                  seconds: float) -> dict[str, Any]:

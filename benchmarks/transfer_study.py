@@ -38,7 +38,7 @@ import yaml
 from benchmarks.beats_random import versus
 from runner.compare import best_so_far
 from runner.plots import best_so_far_figure
-from runner.recorder import full_fidelity, read_records
+from runner.recorder import read_records
 from runner.report import save_figure
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,7 +105,7 @@ def run_study(args: argparse.Namespace) -> None:
     """Every source run, then both target arms of every agent and seed."""
     for agent in args.agents:
         plan = PLANS[agent]
-        source_fidelity = args.ppo_source_fidelity if agent == "ppo" else args.fidelity
+        source_fidelity = (args.ppo_source_fidelity or args.fidelity) if agent == "ppo" else args.fidelity
         for seed in range(args.seeds):
             source = run_dir(args.out, agent, "source", seed)
             env = f"{plan.space}-{args.source}-{args.dataset}"
@@ -118,8 +118,9 @@ def run_study(args: argparse.Namespace) -> None:
 
 
 def records_of(directory: Path) -> list[dict]:
-    """A run's records at its own fidelity."""
-    return [r for r in read_records(directory / "evaluations.jsonl") if full_fidelity(r)]
+    """A run's records (a multi-fidelity agent's lower rungs too: they spend seconds, but never count as a
+    best: :func:`runner.compare.best_so_far`)."""
+    return read_records(directory / "evaluations.jsonl")
 
 
 def training_seconds(directory: Path) -> float:
@@ -140,7 +141,7 @@ def reach(records: list[dict], threshold: float) -> tuple[int | None, float | No
 def agent_result(out: Path, agent: str, seeds: int) -> dict:
     """The figures of one agent's rows in transfer.md."""
     runs = {arm: [records_of(run_dir(out, agent, arm, s)) for s in range(seeds)] for arm in ARMS}
-    finals = {arm: np.array([max(r["reward"] for r in recs) for recs in runs[arm]]) for arm in ARMS}
+    finals = {arm: np.array([best_so_far(recs)[0][-1] for recs in runs[arm]]) for arm in ARMS}
     threshold = float(finals["scratch"].mean())
     sources = [records_of(run_dir(out, agent, "source", s)) for s in range(seeds)]
     return {
@@ -154,12 +155,14 @@ def agent_result(out: Path, agent: str, seeds: int) -> dict:
 
 
 def _mean_std(values: np.ndarray | list[float]) -> str:
+    """``mean ± sample std`` of a table cell."""
     values = np.asarray(values, np.float64)
     std = values.std(ddof=1) if len(values) > 1 else float("nan")
     return f"{values.mean():.4f} ± {std:.4f}"
 
 
 def _reached(pairs: list[tuple[int | None, float | None]]) -> str:
+    """Each seed's (evaluations, seconds) to reach the threshold, or ``never``, as a table cell."""
     return ", ".join("never" if n is None else f"{n} ({s:.0f} s)" for n, s in pairs)
 
 
@@ -195,8 +198,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--agents", type=lambda s: s.split(","), default=list(PLANS))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--fidelity", default="rank", help="the fidelity of every live run")
-    parser.add_argument("--ppo-source-fidelity", default="rank",
-                        help="PPO's source runs' fidelity: 'table' trains it on the source's shipped table")
+    parser.add_argument("--ppo-source-fidelity",
+                        help="PPO's source runs' fidelity (default: --fidelity); 'table' trains it on the source's "
+                             "shipped table")
     parser.add_argument("--source-budget", type=int, help="every source run's evaluations (default: the plan's)")
     parser.add_argument("--target-budget", type=int, help="every target run's evaluations (default: the plan's)")
     parser.add_argument("--config", type=Path, help="a --config YAML layered under every run's agent keys")

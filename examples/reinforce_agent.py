@@ -5,6 +5,8 @@ import numpy as np
 
 from agents.base import Agent
 
+POLICY_FORMAT = 1  # the version of this agent's policy.pt
+
 
 @dataclass
 class ReinforceConfig:
@@ -53,11 +55,12 @@ class ReinforceAgent(Agent):
         super().load_state(state)
         self.weights, self.baseline = np.array(state["weights"]), state["baseline"]
 
-    def save_policy(self, path) -> None:  # the observation has the same size on every teacher: it transfers
-        self.write_policy(path, 1, {"weights": self.weights.tolist()})
+    def save_policy(self, path: str) -> None:  # the observation has the same size on every teacher: it transfers
+        self.write_policy(path, POLICY_FORMAT, {"weights": self.weights.tolist()})
 
-    def load_policy(self, path, trust_pickle: bool = False) -> None:
-        weights = np.array(self.read_policy(path, 1, ["weights"])["weights"])  # checks space, mode; prints origin
+    def load_policy(self, path: str, trust_pickle: bool = False) -> None:
+        blob = self.read_policy(path, POLICY_FORMAT, ["weights"])  # checks agent, space and mode; prints origin
+        weights = np.array(blob["weights"])
         if weights.shape != self.weights.shape:
             raise ValueError(f"{path} holds weights of shape {weights.shape}; this env needs {self.weights.shape}")
         self.weights = weights

@@ -274,28 +274,40 @@ def _finetune_record(record: dict, run_dir: Path, config: dict, metric: str, tar
     seed = int(record["replay"]["train_seed"])
     reports, keys = {}, {}
     for start in STARTS if scratch else STARTS[:1]:
-        key = None if weights is not None and start == "inherited" else \
-            finetune_key(record, evaluator.fidelity.protocol_recipe().to_dict(), seed, start, config)
-        if key is not None and key in finetunes:  # the same computation, done for another run: its result
-            reports[start] = {**finetunes[key], "reused": True}
-        else:
-            with torch_threads(int(config["run"]["threads"])):
-                reports[start] = evaluator.train_protocol(student, weights, seed=seed, scratch=start == "scratch")[1]
-            if key is not None:
-                finetunes[key] = reports[start]
-        keys[start] = key
+        submitted = weights is not None and start == "inherited"   # a run's own weights: never shared
+        keys[start] = None if submitted else finetune_key(record, evaluator, student, seed, start, config)
+        reports[start] = _finetune_once(evaluator, student, weights, seed, start, config, keys[start], finetunes)
     return {"index": record["index"], "search_reward": record["reward"], "search_accuracy": record.get("accuracy"),
             "reports": reports, "finetune_keys": keys}
 
 
-def finetune_key(record: dict, recipe: dict[str, Any], seed: int, start: str, config: dict) -> str:
-    """What determines a fine-tune of a student that starts from the teacher's weights or from scratch: the env
-    (its target aside: it only decides which students are allowed), the student, the recipe, the seed, the start
-    and the thread count. Two runs whose best students share this key get the same numbers (the engine is
-    deterministic at a fixed thread count), so the protocol trains it once."""
-    kwargs = {k: v for k, v in record["replay"]["env_kwargs"].items() if k != "target"}
-    return json.dumps([record["replay"]["env_id"], kwargs, record.get("arch_key"), recipe, seed, start,
-                       int(config["run"]["threads"]), config["run"].get("device")], sort_keys=True, default=str)
+def _finetune_once(evaluator: Any, student: Any, weights: Any, seed: int, start: str, config: dict,
+                   key: str | None, finetunes: dict[str, dict]) -> dict[str, Any]:
+    """One protocol fine-tune's report: the one ``finetunes`` holds under ``key`` (marked ``reused``), or a new
+    training, kept there under its key."""
+    if key is not None and key in finetunes:
+        return {**finetunes[key], "reused": True}
+    with torch_threads(int(config["run"]["threads"])):
+        report = evaluator.train_protocol(student, weights, seed=seed, scratch=start == "scratch")[1]
+    if key is not None:
+        finetunes[key] = report
+    return report
+
+
+def finetune_key(record: dict, evaluator: Any, student: Any, seed: int, start: str, config: dict) -> str:
+    """What determines a protocol fine-tune of a student that starts from the teacher's weights or from scratch:
+    the env (its target aside: it only decides which students are allowed) and teacher file, the evaluator's
+    own cache key of the student (its structure and, when it inherits, which teacher channels it kept; the
+    teacher, the split, the seed), the recipe, the start, the device and the thread count. Two runs whose best
+    students share this key get the same numbers (the engine is deterministic on a device at a fixed thread
+    count), so the protocol trains it once."""
+    recipe = evaluator.fidelity.protocol_recipe()
+    inherit = "reinit" if start == "scratch" else recipe.inherit
+    replay = record["replay"]
+    kwargs = {k: v for k, v in replay["env_kwargs"].items() if k != "target"}
+    return json.dumps([replay["env_id"], kwargs, (replay.get("teacher") or {}).get("sha256"),
+                       evaluator.cache_key(student, inherit, seed), recipe.to_dict(), start,
+                       int(config["run"]["threads"]), str(evaluator.device)], sort_keys=True, default=str)
 
 
 def known_finetunes(out: Path) -> dict[str, dict[str, Any]]:

@@ -340,18 +340,19 @@ def test_the_quick_presets_record_a_valid_smaller_student_at_the_smoke_fidelity(
     assert summary["best"]["valid"] and summary["notes"]["points"][-1]["prune_level"] == 2.0
 
 
-@pytest.mark.parametrize("metric", ["macs", "params"])
-def test_under_a_target_each_point_prunes_at_the_smallest_level_that_reaches_it(tiny, metric):
+@pytest.mark.parametrize("metric, rule", [("macs", "threshold"), ("params", "threshold"), ("macs", "std")])
+def test_under_a_target_each_point_prunes_at_the_smallest_level_that_reaches_it(tiny, metric, rule):
     """The protocol's operating point: the pruning level rises from the configured one to the target's; the
     submitted student is at or below it by the engine's counters, and a slightly lower level would not be."""
-    agent, env = make_agent(tiny, target={metric: 0.5}, decays=[1e-3], threshold=1e-4)
+    level = {"threshold": {"threshold": 1e-4}, "std": {"std_scale": 1e-4}}[rule]
+    agent, env = make_agent(tiny, target={metric: 0.5}, decays=[1e-3], prune_rule=rule, **level)
     agent.run()
     (record,), (point,) = env.records, agent.notes["points"]
     teacher = env.unwrapped.evaluator.teacher_macs if metric == "macs" else env.unwrapped.evaluator.teacher_params
     assert record["valid"] and record[metric] <= 0.5 * teacher and point["prune_level"] > 1e-4
     assert record["facts"]["prune_level"] == point["prune_level"]   # in the record's facts
-    below, _ = make_agent(tiny, target={metric: 0.5}, decays=[1e-3], threshold=point["prune_level"] * 0.99,
-                          fit_target=False)
+    lower = {key: point["prune_level"] * 0.99 for key in level}
+    below, _ = make_agent(tiny, target={metric: 0.5}, decays=[1e-3], prune_rule=rule, fit_target=False, **lower)
     below.run()                                # the same training, pruned 1% below the fitted level: over target
     assert not below.env.records[0]["valid"] and below.env.records[0]["invalid_reason"].startswith("over target")
 

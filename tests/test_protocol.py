@@ -269,3 +269,25 @@ def test_the_teachers_test_accuracy_is_measured_once_per_image_cap(tiny, monkeyp
     assert first == real(ev.teacher_model, ev.dataset.test, ev.dataset, max_items=32)[0]
     ev.teacher_test_accuracy(None)                           # another cap is another measurement
     assert len(calls) == 2
+
+
+def test_the_reuse_key_tells_apart_students_of_the_same_widths_that_kept_other_channels(tiny):
+    """uniform and uniform-random build students of the same widths from other teacher channels: their
+    inherited fine-tunes differ, so their keys do; from scratch the kept channels do not matter."""
+    from netcomp.surgery import keep_channels
+    from runner.protocol import finetune_key
+
+    base = _env(tiny).unwrapped
+    first, second = (keep_channels(base.arch, {"conv1": list(channels)}) for channels in (range(8), range(8, 16)))
+    record = {"replay": {"env_id": "netcomp/channel-ratio-resnet20-synthetic-v0", "env_kwargs": {"target": 0.5},
+                         "teacher": {"sha256": "a"}}}
+    config = {"run": {"threads": 1}}
+
+    def key(student, start="inherited", rec=record, seed=0):
+        return finetune_key(rec, base.evaluator, student, seed, start, config)
+
+    assert key(first) != key(second) and key(first, "scratch") == key(second, "scratch")
+    other_target = {"replay": {**record["replay"], "env_kwargs": {"target": 0.25}}}
+    other_teacher = {"replay": {**record["replay"], "teacher": {"sha256": "b"}}}
+    assert key(first, rec=other_target) == key(first)              # the target only decides what is allowed
+    assert key(first, rec=other_teacher) != key(first) and key(first, seed=1) != key(first)

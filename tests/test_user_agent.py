@@ -104,7 +104,13 @@ def test_a_user_policy_agent_transfers_to_a_deeper_teacher_and_a_mismatch_is_ref
     shrink = cli("--env", "shrinkage-resnet32-synthetic", "--agent", ref, "--budget", 1, "--config", tiny_config,
                  "--load-policy", small / "policy.pt", "--out", tmp_path / "x")
     assert shrink == 2 and "trained on space 'removal'" in capsys.readouterr().err
-    (tmp_path / "n2n.pt").write_bytes((small / "checkpoint.pt").read_bytes())    # not a policy file
+    not_policy = cli("--env", "removal-resnet32-synthetic", "--agent", ref, "--budget", 1, "--config", tiny_config,
+                     "--load-policy", small / "checkpoint.pt", "--out", tmp_path / "y")
+    assert not_policy == 2 and "is not a policy file of agent 'reinforce': format None" in capsys.readouterr().err
+    ppo = tmp_path / "ppo"        # another agent's policy of the same space and mode (and format number)
+    assert cli("--env", "removal-resnet20-synthetic", "--agent", "ppo", "--budget", 1, "--config", tiny_config,
+               "--out", ppo) == 0
+    capsys.readouterr()
     other = cli("--env", "removal-resnet32-synthetic", "--agent", ref, "--budget", 1, "--config", tiny_config,
-                "--load-policy", tmp_path / "n2n.pt", "--out", tmp_path / "y")
-    assert other == 2 and "is not a policy file of agent 'reinforce'" in capsys.readouterr().err
+                "--load-policy", ppo / "policy.pt", "--out", tmp_path / "z")
+    assert other == 2 and "was trained by agent 'ppo'" in capsys.readouterr().err
