@@ -233,6 +233,10 @@ def test_end_stale_ray_ends_only_ray_processes_it_recorded(tmp_path):
 
     fake_ray = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "ray::raylet"])
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    for child, shown in ((fake_ray, b"ray::raylet"), (other, b"time.sleep")):  # exec'd: /proc shows its argv
+        deadline = time.time() + 30                           # (until then it shows pytest's, under load)
+        while shown not in Path(f"/proc/{child.pid}/cmdline").read_bytes() and time.time() < deadline:
+            time.sleep(0.01)
     try:
         (tmp_path / RAY_PIDS).write_text(json.dumps([fake_ray.pid, other.pid, 999999999]))
         assert end_stale_ray(tmp_path) == [fake_ray.pid]
