@@ -102,6 +102,12 @@ class ESNACConfig:
     """True (default): invalid students (broken shapes, not smaller) are GP observations with the env's penalty
     reward (-1 under the ``n2n`` reward), so the kernels learn to avoid them; False leaves them out. The
     reference has no invalid students (its candidates are built to be valid)."""
+    fresh_candidates: bool = True
+    """True (default): a kernel's candidates exclude students already evaluated in the run or proposed by another
+    kernel of the same step (compared by their ESNAC representation), unless no other candidate is left. False
+    (the reference) scores every drawn candidate. On a finite space (removal: 2^9 block subsets) the reference's
+    rule made all K kernels of a step propose the same student (the farthest from the teacher), spending K
+    evaluations on one; in the reference's continuous edit space repeats have probability zero."""
 
     def __post_init__(self) -> None:
         """Coerce YAML values and reject bad ones (netcomp.checks' one format)."""
@@ -126,6 +132,7 @@ class ESNACConfig:
         self.final_train_max = as_int(o, "final_train_max", self.final_train_max, 1, optional=True)
         self.warm_start = as_bool(o, "warm_start", self.warm_start)
         self.gp_invalid = as_bool(o, "gp_invalid", self.gp_invalid)
+        self.fresh_candidates = as_bool(o, "fresh_candidates", self.fresh_candidates)
 
 
 # ---------------------------------------------------------------------------------------------- the model
@@ -221,6 +228,16 @@ def fit_embedding(gp: EmbeddingGP, config: ESNACConfig) -> dict[str, Any]:
     return {"steps": steps, "loglik": ll}
 
 
+def unseen(actions: list[Any], descriptors: list[np.ndarray], seen: Sequence[np.ndarray],
+           ) -> tuple[list[Any], list[np.ndarray]]:
+    """The candidates whose representation is not in ``seen`` (all of them if none is new)."""
+    known = {d.tobytes() for d in seen}
+    fresh = [i for i, d in enumerate(descriptors) if d.tobytes() not in known]
+    if not fresh:
+        return actions, descriptors
+    return [actions[i] for i in fresh], [descriptors[i] for i in fresh]
+
+
 # ---------------------------------------------------------------------------------------------- the agent
 class ESNACAgent(Agent):
     """ESNAC's multiple-kernel Bayesian optimisation; see the module docstring."""
@@ -259,7 +276,12 @@ class ESNACAgent(Agent):
     def search_step(self) -> list[tuple[float, dict]]:
         """One BO step: K kernels, one proposal each, evaluated together."""
         k = self.config.kernels if self.budget.evaluations is None else min(self.config.kernels, self.budget.left)
-        proposals = [self.propose() for _ in range(k)]
+        proposals: list[Any] = []
+        taken: list[np.ndarray] = []
+        for _ in range(k):
+            action = self.propose(taken)
+            proposals.append(action)
+            taken.append(self.action_descriptor(action))
         results = self.evaluate_many(proposals)
         self.steps_done += 1
         return results
@@ -304,9 +326,10 @@ class ESNACAgent(Agent):
         y = torch.as_tensor(np.asarray(ys, np.float32))
         return EmbeddingGP(x, y, embedding, cfg.alpha, cfg.beta)
 
-    def propose(self) -> Any:
+    def propose(self, taken: Sequence[np.ndarray] = ()) -> Any:
         """One kernel: subsample, fit (unless an embedding was loaded), return the argmax-EI candidate (under an
-        operating-point target, the argmax over the feasible candidates)."""
+        operating-point target, the argmax over the feasible candidates; with ``fresh_candidates``, over those
+        not yet evaluated nor in ``taken``, the representations this step's other kernels proposed)."""
         cfg = self.config
         xs, ys = self.history()
         keep = [0] + [i for i in range(1, len(xs)) if self.rng.random() < cfg.subsample]
@@ -319,7 +342,10 @@ class ESNACAgent(Agent):
         actions = [env.sample_action(self.rng) for _ in range(cfg.candidates)]
         if env.target is not None:  # under an operating-point target only feasible candidates (all if none is)
             actions = [a for a in actions if env.within_target(a)] or actions
-        x = torch.as_tensor(np.stack([self.action_descriptor(a) for a in actions]))
+        descriptors = [self.action_descriptor(a) for a in actions]
+        if cfg.fresh_candidates:
+            actions, descriptors = unseen(actions, descriptors, [*xs, *taken])
+        x = torch.as_tensor(np.stack(descriptors))
         with one_torch_thread():
             mean, std = gp.predict(x)
         ei = expected_improvement(mean, std, max(ys[i] for i in keep))

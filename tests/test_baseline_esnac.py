@@ -23,6 +23,7 @@ from baselines.esnac import (
     with_validation_trained,
 )
 from envs.edit import EditEnv
+from envs.removal import RemovalEnv
 from netcomp.distill import evaluate
 from netcomp.jsonl import read_jsonl
 from runner.recorder import Recorder, read_records
@@ -141,6 +142,35 @@ def test_the_proposal_is_the_candidate_with_the_highest_expected_improvement(tin
     action = agent.propose()
     chosen = agent.action_descriptor(action)
     assert np.array_equal(chosen, seen["x"][int(torch.argmax(seen["ei"]))].numpy())
+
+
+
+def _block_agent(tiny, budget, fresh, monkeypatch):
+    """ESNAC on the 9-block removal space whose candidates are 3 fixed actions and whose GP always favours the
+    first (every block removed): a finite space where the kernels of one step agree."""
+    env = Recorder(RemovalEnv("resnet20", granularity="block", device="cpu", **tiny), Budget(budget))
+    env.reset(seed=0)
+    actions = [np.zeros(9, np.int8), np.eye(9, dtype=np.int8)[0], np.eye(9, dtype=np.int8)[1]]
+    draws = iter(actions * 1000)
+    monkeypatch.setattr(env.unwrapped, "sample_action", lambda rng=None: next(draws))
+
+    def favour_the_first(self, x, chunk=256):
+        mean = -x.flatten(1).abs().sum(1) * 1e-3     # fewer kept rows: higher mean; the empty student first
+        return mean, torch.full_like(mean, 0.1)
+    monkeypatch.setattr(EmbeddingGP, "predict", favour_the_first)
+    return ESNACAgent(env, ESNACConfig(**{**SMALL, "kernels": 3, "candidates": 3, "fresh_candidates": fresh}),
+                      seed=0)
+
+
+def test_kernels_propose_students_not_yet_evaluated_nor_taken_in_the_step(tiny, monkeypatch):
+    agent = _block_agent(tiny, 4, True, monkeypatch)
+    agent.run()
+    first_step = [tuple(r["action"]) for r in agent.env.records[:3]]
+    assert len(set(first_step)) == 3                       # three kernels, three students
+    assert tuple(agent.env.records[3]["action"]) in first_step  # nothing new left: the best candidate again
+    reference = _block_agent(tiny, 3, False, monkeypatch)
+    reference.run()
+    assert {tuple(r["action"]) for r in reference.env.records} == {(0,) * 9}   # the reference's rule repeats
 
 
 @pytest.mark.parametrize("space", ["removal", "shrinkage"])
