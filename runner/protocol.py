@@ -229,7 +229,7 @@ def _check_unmixed(out: Path, configs: dict[float, dict]) -> None:
 def finetune_cell(run_dir: Path, config: dict, metric: str, target: float, scratch: bool,
                   replays: dict[str, Any], finetunes: dict[str, dict] | None = None) -> dict[str, Any]:
     """The protocol fine-tune(s) of a finished run's best valid student at or below the target, cached in
-    ``<run>/protocol.json`` (reused while the best student, target, scratch setting and recipe are the same). A
+    ``<run>/protocol.json`` (reused while the best student, target, scratch setting, recipe and seed are the same). A
     run with no such student is ``missed``, with the reason. ``replays`` caches the envs students are rebuilt on;
     ``finetunes`` holds the fine-tunes done so far by :func:`finetune_key`, so a student another run chose with
     the same seed is not trained again (its report says ``reused``)."""
@@ -238,7 +238,8 @@ def finetune_cell(run_dir: Path, config: dict, metric: str, target: float, scrat
     chosen = best(records, valid_only=True)
     key = {"target": {metric: target}, "index": None if chosen is None else chosen["index"],
            "arch_key": None if chosen is None else chosen.get("arch_key"), "scratch": scratch,
-           "recipe": None if chosen is None else _recipe(chosen, config, replays)}
+           "recipe": None if chosen is None else _recipe(chosen, config, replays),
+           "seed": finetune_seed(config)}
     path = run_dir / CELL_FILE
     if path.exists():
         kept = json.loads(path.read_text())
@@ -271,7 +272,7 @@ def _finetune_record(record: dict, run_dir: Path, config: dict, metric: str, tar
     weights = None
     if record.get("weights"):
         weights = torch.load(run_dir / record["weights"], map_location="cpu", weights_only=True)
-    seed = int(record["replay"]["train_seed"])
+    seed = finetune_seed(config)
     reports, keys = {}, {}
     for start in STARTS if scratch else STARTS[:1]:
         submitted = weights is not None and start == "inherited"   # a run's own weights: never shared
@@ -279,6 +280,17 @@ def _finetune_record(record: dict, run_dir: Path, config: dict, metric: str, tar
         reports[start] = _finetune_once(evaluator, student, weights, seed, start, config, keys[start], finetunes)
     return {"index": record["index"], "search_reward": record["reward"], "search_accuracy": record.get("accuracy"),
             "reports": reports, "finetune_keys": keys}
+
+
+def finetune_seed(config: dict) -> int:
+    """The training seed of a run's protocol fine-tunes: the one a live env reset with the run's seed trains
+    with (``CompressionEnv.reset``), so each search seed's student gets its own fine-tune seed and the spread over
+    seeds includes the fine-tune's noise. A record's own ``train_seed`` would not do: on a table every record
+    holds the table's one seed, so every seed's fine-tune of one student would give the same numbers."""
+    from gymnasium.utils import seeding
+
+    rng, _ = seeding.np_random(int(config["run"]["seed"]))
+    return int(rng.integers(2**31 - 1))
 
 
 def _finetune_once(evaluator: Any, student: Any, weights: Any, seed: int, start: str, config: dict,

@@ -226,7 +226,7 @@ def test_a_student_another_run_chose_with_the_same_seed_is_not_fine_tuned_again(
     import shutil
 
     from netcomp.evaluator import Evaluator
-    from runner.protocol import finetune_cell, known_finetunes, reuse_note
+    from runner.protocol import finetune_cell, finetune_seed, known_finetunes, reuse_note
 
     out, _, _ = resumed
     original = out / "t0.5" / "random-s0"
@@ -246,14 +246,25 @@ def test_a_student_another_run_chose_with_the_same_seed_is_not_fine_tuned_again(
         assert report == {**kept["reports"][start], "reused": True}
     assert " 0 fine-tunes were trained; 2 more were the same computation" in reuse_note(tmp_path)
     assert reuse_note(out) == ""                            # the original protocol trained each of its own
-    # another train seed is another computation: trained, and its result is not the reused one
-    records = read_records(copy / "evaluations.jsonl")
-    chosen = cell["index"]
-    records[chosen]["replay"]["train_seed"] += 1
-    (copy / "evaluations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    (copy / "protocol.json").unlink()
+    # another run seed is another fine-tune seed, another computation: trained, and not the reused one
+    config["run"]["seed"] += 1
     again = finetune_cell(copy, config, "macs", 0.5, True, {}, known)
     assert len(trained) == 2 and not any(r.get("reused") for r in again["reports"].values())
+    assert {k["seed"] for k in trained} == {finetune_seed(config)}
+
+
+def test_the_fine_tune_seed_is_the_live_envs_train_seed_of_the_run_seed_whatever_the_record_holds(tiny):
+    """A live run's records hold the train seed its env drew from the run's seed: the fine-tune uses that one.
+    A table's records all hold the table's seed; the fine-tune still follows the run's seed."""
+    from runner.protocol import finetune_seed
+
+    env = _env(tiny)
+    seeds = set()
+    for run_seed in (0, 1, 7):
+        env.reset(seed=run_seed)
+        assert finetune_seed({"run": {"seed": run_seed}}) == env.unwrapped.train_seed
+        seeds.add(env.unwrapped.train_seed)
+    assert len(seeds) == 3
 
 
 def test_the_teachers_test_accuracy_is_measured_once_per_image_cap(tiny, monkeypatch):
