@@ -748,11 +748,13 @@ def _set_postfix(bar: tqdm, states: list[_Student], progress: bool) -> None:
 def train_model(model: nn.Module, dataset: Dataset, config: TrainConfig, teacher: nn.Module | None = None,
                 device: str | torch.device = "cpu", seed: int = 0, split: str = "val",
                 progress: bool = False, resume: Mapping[str, Any] | None = None,
-                on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
-    """Train one model (see :func:`train_students`, which this wraps, also for ``resume`` and
-    ``on_epoch_end``) and return its result."""
+                on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+                teacher_cache: TeacherLogitCache | None = None) -> TrainResult:
+    """Train one model (see :func:`train_students`, which this wraps, also for ``resume``, ``on_epoch_end``
+    and ``teacher_cache``) and return its result."""
     return train_students([model], dataset, config, teacher=teacher, device=device, seed=seed, split=split,
-                          progress=progress, resume=resume, on_epoch_end=on_epoch_end)[0]
+                          progress=progress, resume=resume, on_epoch_end=on_epoch_end,
+                          teacher_cache=teacher_cache)[0]
 
 
 @contextlib.contextmanager

@@ -538,6 +538,7 @@ class Evaluator:
         (a white-box agent's submitted state dict; ValueError when they do not fit), or with ``scratch`` from
         a fresh initialisation (the train-from-scratch baseline: Liu et al., "Rethinking the value of network
         pruning", ICLR 2019, arXiv:1810.05270). The recipe's ``eval_max`` caps the validation and test images.
+        Fine-tunes of one seed share the teacher's logits (the exact :class:`~netcomp.distill.TeacherLogitCache`).
         The global torch RNG is left as it was."""
         recipe = self.fidelity.protocol_recipe()
         seed = self.seed if seed is None else seed
@@ -547,7 +548,7 @@ class Evaluator:
             else:
                 model = self.build_student(student, "reinit" if scratch else recipe.inherit, seed)
             result = train_model(model, self.dataset, recipe.train, teacher=self.teacher_model,
-                                 device=self.device, seed=seed)
+                                 device=self.device, seed=seed, teacher_cache=self.teacher_logits)
         start = "scratch" if scratch else "submitted" if weights is not None else f"inherited ({recipe.inherit})"
         report = self._kept_report(model, student, result, recipe.train.eval_max)
         return model, {**report, "protocol": recipe.to_dict(), "start": start}

@@ -267,6 +267,25 @@ def test_the_fine_tune_seed_is_the_live_envs_train_seed_of_the_run_seed_whatever
     assert len(seeds) == 3
 
 
+def test_fine_tunes_of_one_seed_share_the_teachers_logits_and_give_the_same_numbers_as_without(tiny):
+    """The protocol's fine-tunes use the evaluator's exact teacher-logit cache: the second student of a seed runs
+    no teacher forward, and its report equals an uncached evaluator's."""
+    from netcomp.surgery import keep_channels
+
+    base = _env(tiny).unwrapped
+    first, second = (keep_channels(base.arch, {"conv1": list(range(n))}) for n in (8, 12))
+    cache = base.evaluator.teacher_logits
+    base.evaluator.train_protocol(first, seed=3)
+    misses, hits = cache.misses, cache.hits
+    report = base.evaluator.train_protocol(second, seed=3)[1]
+    assert cache.misses == misses and cache.hits > hits
+    uncached = _env(tiny).unwrapped.evaluator.train_protocol(second, seed=3)[1]
+
+    def numbers(r):
+        return {k: v for k, v in r.items() if k != "seconds"}          # the wall time differs run to run
+    assert numbers(uncached) == numbers(report)
+
+
 def test_the_teachers_test_accuracy_is_measured_once_per_image_cap(tiny, monkeypatch):
     import netcomp.evaluator as evaluator_module
 
