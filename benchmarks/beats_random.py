@@ -27,7 +27,8 @@ def best_rewards(out: Path, agent: str, seeds: list[int]) -> np.ndarray:
 
 def versus(agent: np.ndarray, random: np.ndarray) -> dict:
     """Means, the difference over random's seed std, and the one-sided p-values that ``agent`` is higher."""
-    spread = float(np.std(random, ddof=1)) if len(random) > 1 else float("nan")
+    # equal rewards (every seed found the optimum) have no spread; np.std of them is rounding, not zero
+    spread = float(np.std(random, ddof=1)) if len(random) > 1 and np.ptp(random) > 0 else float("nan")
     return {"n": len(agent), "mean": float(agent.mean()), "random_mean": float(random.mean()),
             "in_random_stds": (float(agent.mean() - random.mean()) / spread) if spread > 0 else float("nan"),
             "mann_whitney_p": float(stats.mannwhitneyu(agent, random, alternative="greater").pvalue),
@@ -50,7 +51,8 @@ def main(argv: list[str] | None = None) -> None:
         if agent == args.baseline:
             continue
         r = versus(best_rewards(args.out, agent, spec["seeds"]), random)
-        print(f"| {agent} | {r['n']} | {r['mean']:.4f} | {r['random_mean']:.4f} | {r['in_random_stds']:+.1f} "
+        stds = "-" if np.isnan(r["in_random_stds"]) else f"{r['in_random_stds']:+.1f}"
+        print(f"| {agent} | {r['n']} | {r['mean']:.4f} | {r['random_mean']:.4f} | {stds} "
               f"| {r['mann_whitney_p']:.4f} | {r['welch_p']:.4f} | {'yes' if r['mann_whitney_p'] < 0.05 else 'no'} |")
 
 

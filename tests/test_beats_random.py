@@ -18,3 +18,10 @@ def test_a_clear_win_is_beyond_the_spread_and_a_loss_is_not():
 def test_the_exact_mann_whitney_p_of_three_against_three():
     # every one of the agent's 3 values above random's 3: 1 of the C(6, 3) = 20 orderings
     assert versus(np.array([4.0, 5.0, 6.0]), np.array([1.0, 2.0, 3.0]))["mann_whitney_p"] == pytest.approx(1 / 20)
+
+
+def test_a_random_search_without_spread_gives_no_ratio_not_a_huge_one():
+    """Every random seed found the same optimum: the std is rounding noise, so the ratio is undefined."""
+    optimum = np.full(10, -1.1453817069)
+    r = versus(np.full(10, -1.15), optimum)
+    assert np.isnan(r["in_random_stds"])
