@@ -279,9 +279,9 @@ class ESNACAgent(Agent):
         proposals: list[Any] = []
         taken: list[np.ndarray] = []
         for _ in range(k):
-            action = self.propose(taken)
+            action, descriptor = self.propose_with_descriptor(taken)
             proposals.append(action)
-            taken.append(self.action_descriptor(action))
+            taken.append(descriptor)
         results = self.evaluate_many(proposals)
         self.steps_done += 1
         return results
@@ -327,9 +327,14 @@ class ESNACAgent(Agent):
         return EmbeddingGP(x, y, embedding, cfg.alpha, cfg.beta)
 
     def propose(self, taken: Sequence[np.ndarray] = ()) -> Any:
-        """One kernel: subsample, fit (unless an embedding was loaded), return the argmax-EI candidate (under an
-        operating-point target, the argmax over the feasible candidates; with ``fresh_candidates``, over those
-        not yet evaluated nor in ``taken``, the representations this step's other kernels proposed)."""
+        """One kernel's proposal: see :meth:`propose_with_descriptor`."""
+        return self.propose_with_descriptor(taken)[0]
+
+    def propose_with_descriptor(self, taken: Sequence[np.ndarray] = ()) -> tuple[Any, np.ndarray]:
+        """One kernel: subsample, fit (unless an embedding was loaded), return the argmax-EI candidate and its
+        representation (under an operating-point target, the argmax over the feasible candidates; with
+        ``fresh_candidates``, over those not yet evaluated nor in ``taken``, the representations this step's
+        other kernels proposed)."""
         cfg = self.config
         xs, ys = self.history()
         keep = [0] + [i for i in range(1, len(xs)) if self.rng.random() < cfg.subsample]
@@ -349,7 +354,8 @@ class ESNACAgent(Agent):
         with one_torch_thread():
             mean, std = gp.predict(x)
         ei = expected_improvement(mean, std, max(ys[i] for i in keep))
-        return actions[int(torch.argmax(ei))]
+        best = int(torch.argmax(ei))
+        return actions[best], descriptors[best]
 
     def fit_final_embedding(self) -> dict[str, torch.Tensor]:
         """The embedding to transfer: one kernel fitted on every evaluation (or the loaded one, unchanged)."""

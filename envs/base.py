@@ -74,6 +74,15 @@ def _cached_teacher(arch: str, dataset: Dataset, recipe: str, seed: int, home: s
     return _TEACHERS[key]
 
 
+
+def episode_train_seed(seed: int) -> int:
+    """The training seed of the students of an episode reset with ``seed``: the first draw of gymnasium's
+    generator seeded with it. Cache keys include it; the operating-point protocol fine-tunes a run's students
+    with the one its seed gives (``runner.protocol.finetune_seed``)."""
+    rng, _ = gym.utils.seeding.np_random(int(seed))
+    return int(rng.integers(2**31 - 1))
+
+
 class CompressionEnv(gym.Env):
     """Common machinery of the compression environments; see the subclasses for their spaces.
 
@@ -195,7 +204,7 @@ class CompressionEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
         if seed is not None:  # student training follows the episode seed (cache keys include it)
-            self.train_seed = int(self.np_random.integers(2**31 - 1))
+            self.train_seed = episode_train_seed(seed)
         self._t, self._values, self._reduced, self._previous = 0, [], 0.0, 0.0
         return self._observation(), {"layers": len(self.layers), "teacher_accuracy": self.evaluator.teacher_accuracy}
 

@@ -287,10 +287,9 @@ def finetune_seed(config: dict) -> int:
     with (``CompressionEnv.reset``), so each search seed's student gets its own fine-tune seed and the spread over
     seeds includes the fine-tune's noise. A record's own ``train_seed`` would not do: on a table every record
     holds the table's one seed, so every seed's fine-tune of one student would give the same numbers."""
-    from gymnasium.utils import seeding
+    from envs.base import episode_train_seed
 
-    rng, _ = seeding.np_random(int(config["run"]["seed"]))
-    return int(rng.integers(2**31 - 1))
+    return episode_train_seed(int(config["run"]["seed"]))
 
 
 def _finetune_once(evaluator: Any, student: Any, weights: Any, seed: int, start: str, config: dict,

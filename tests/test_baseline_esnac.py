@@ -144,7 +144,6 @@ def test_the_proposal_is_the_candidate_with_the_highest_expected_improvement(tin
     assert np.array_equal(chosen, seen["x"][int(torch.argmax(seen["ei"]))].numpy())
 
 
-
 def _block_agent(tiny, budget, fresh, monkeypatch):
     """ESNAC on the 9-block removal space whose candidates are 3 fixed actions and whose GP always favours the
     first (every block removed): a finite space where the kernels of one step agree."""
