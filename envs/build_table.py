@@ -149,7 +149,9 @@ def resume_rows(rows_path: Path, header: dict[str, Any]) -> tuple[dict[tuple[int
 
 
 def planned_actions(env: Any, header: dict[str, Any], sample: int | None, seed: int) -> list[tuple[int, ...]]:
-    """The actions a build scores, in grid order: all of them, or one per sampled distinct valid student."""
+    """The actions a build scores: all of them in grid order, or one per sampled distinct valid student in the
+    order of the draw, so that a sample build cut short by ``limit`` has scored a random subset of the sample
+    (a partial reference column is then still an unbiased sample of the space)."""
     grid = Grid.from_json(header["grid"])
     actions = list(grid.indices())
     if sample is None:
@@ -162,7 +164,8 @@ def planned_actions(env: Any, header: dict[str, Any], sample: int | None, seed: 
     if sample > len(first):
         raise TableError(f"--sample {sample}: the space has only {len(first)} distinct valid students")
     chosen = np.random.default_rng(seed).choice(len(first), size=sample, replace=False)
-    return sorted(list(first.values())[i] for i in chosen)
+    students = list(first.values())
+    return [students[i] for i in chosen]
 
 
 def student_key(env: Any, action: Any) -> str | None:

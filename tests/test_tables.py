@@ -16,10 +16,19 @@ import torch
 import yaml
 
 import envs  # noqa: F401  (registers the ids)
-from envs.build_table import build_table
+from envs.build_table import build_table, make_build_env, planned_actions
 from envs.table import grid_of
 from netcomp.jsonl import read_jsonl
-from netcomp.tables import TABLE_DIR, Grid, TableError, load_specs, read_table, table_path, work_paths
+from netcomp.tables import (
+    TABLE_DIR,
+    Grid,
+    TableError,
+    load_specs,
+    read_table,
+    resolve_spec,
+    table_path,
+    work_paths,
+)
 from netcomp.teachers import teacher_identity
 from runner.recorder import read_records
 from tests.conftest import TINY, cli
@@ -114,6 +123,20 @@ def test_a_sample_table_holds_distinct_valid_students_drawn_by_seed(tiny_table, 
     assert read_table(first.path).header["plan"] == {"sample": 5, "seed": 3}
     full = {tuple(r["action"]): r["accuracy"] for r in read_table(tiny_table).rows}
     assert all(full[tuple(r["action"])] == r["accuracy"] for r in rows)  # the same training as the full table
+
+
+def test_a_sample_build_cut_short_has_scored_the_first_students_of_the_draw(tiny_table, tmp_path):
+    out = tmp_path / "s.jsonl.gz"
+    spec = resolve_spec(TINY_SPEC)
+    env = make_build_env(spec, spec.fidelity, tmp_path / "c.jsonl", "cpu", None)
+    draw = planned_actions(env, {"grid": grid_of(env.action_space, spec.levels, ()).to_json()}, 6, 4)
+    # the draw's order, not the grid's: a partial sample is a random subset, not the grid's first students
+    assert draw != sorted(draw)
+    part = build_table(TINY_SPEC, out=out, sample=6, seed=4, threads=1, limit=2, progress=False)
+    assert not part.complete and [tuple(r["action"]) for r in read_table(out).rows] == sorted(draw[:2])
+    rest = build_table(TINY_SPEC, out=out, sample=6, seed=4, threads=1, progress=False)
+    assert rest.complete and rest.trained == 4
+    assert [tuple(r["action"]) for r in read_table(out).rows] == sorted(draw)
 
 
 # ---------------------------------------------------------------------------- the table env
