@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -15,6 +16,7 @@ from torch import nn
 
 from agents.base import Budget
 from baselines.esnac import (
+    DescriptorMemo,
     EmbeddingGP,
     ESNACAgent,
     ESNACConfig,
@@ -170,6 +172,23 @@ def test_kernels_propose_students_not_yet_evaluated_nor_taken_in_the_step(tiny, 
     reference = _block_agent(tiny, 3, False, monkeypatch)
     reference.run()
     assert {tuple(r["action"]) for r in reference.env.records} == {(0,) * 9}   # the reference's rule repeats
+
+
+def test_a_discrete_actions_representation_is_remembered_exactly(tiny, monkeypatch):
+    env = Recorder(RemovalEnv("resnet20", granularity="block", device="cpu", **tiny), Budget(2))
+    env.reset(seed=0)
+    agent = ESNACAgent(env, ESNACConfig(**SMALL), seed=0)
+    actions = [np.zeros(9, np.int8), np.eye(9, dtype=np.int8)[3], np.ones(9, np.int8)]
+    first = [agent.action_descriptor(a) for a in actions]
+    built = []
+    monkeypatch.setattr(env.unwrapped, "student_for", lambda a: built.append(a))
+    again = [agent.action_descriptor(a.astype(np.int64)) for a in actions]   # the same actions, another dtype
+    assert not built                                                          # no student built the second time
+    assert all(a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(first, again))
+    assert first[0].any() and not np.array_equal(first[0], first[1])
+    box = DescriptorMemo(gym.spaces.Box(0.0, 1.0, (3,)))                       # continuous: nothing repeats
+    box.put(box.key(np.zeros(3)), first[0])
+    assert box.get(box.key(np.zeros(3))) is None and not box.entries
 
 
 @pytest.mark.parametrize("space", ["removal", "shrinkage"])
