@@ -241,9 +241,9 @@ def unseen(actions: list[Any], descriptors: list[np.ndarray], seen: Sequence[np.
 class DescriptorMemo:
     """Representations of the actions of a discrete action space, stored sparse (a ResNet-20 descriptor is
     64 x 784 floats, almost all zero) and returned exactly; a continuous space stores nothing (no action
-    repeats). At most ``capacity`` actions are kept."""
+    repeats). At most ``capacity`` actions are kept (a ResNet-20 entry is about 3 KB)."""
 
-    def __init__(self, space: Any, capacity: int = 1 << 16) -> None:
+    def __init__(self, space: Any, capacity: int = 8192) -> None:
         from gymnasium import spaces
         self.active = isinstance(space, (spaces.MultiBinary, spaces.MultiDiscrete, spaces.Discrete))
         self.capacity = capacity
@@ -266,7 +266,7 @@ class DescriptorMemo:
         if key is None or len(self.entries) >= self.capacity:
             return
         flat = descriptor.reshape(-1)
-        where = np.flatnonzero(flat)
+        where = np.flatnonzero(flat).astype(np.int32)
         self.entries[key] = (descriptor.shape, descriptor.dtype, where, flat[where].copy())
 
 
