@@ -254,6 +254,7 @@ class DescriptorMemo:
         return np.asarray(action, np.int64).tobytes() if self.active else None
 
     def get(self, key: bytes | None) -> np.ndarray | None:
+        """A new array equal to the remembered representation (None when the action is not remembered)."""
         entry = self.entries.get(key) if key is not None else None
         if entry is None:
             return None
@@ -263,6 +264,7 @@ class DescriptorMemo:
         return d
 
     def put(self, key: bytes | None, descriptor: np.ndarray) -> None:
+        """Remember ``descriptor`` for the action ``key`` (nothing on a continuous space or when full)."""
         if key is None or len(self.entries) >= self.capacity:
             return
         flat = descriptor.reshape(-1)
