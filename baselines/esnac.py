@@ -292,6 +292,7 @@ class ESNACAgent(Agent):
         self.fits: list[dict[str, Any]] = []
         self._descriptors: dict[int, np.ndarray] = {}  # record index -> descriptor (students do not change)
         self._memo = DescriptorMemo(self.env.action_space)
+        self._feasible: dict[bytes, bool] = {}  # discrete action -> within the env's target (fixed per env)
         base = self.env.unwrapped
         self.teacher_descriptor = esnac_descriptor(base.arch, None, self.config.max_layers)
 
@@ -355,6 +356,16 @@ class ESNACAgent(Agent):
         self._memo.put(key, d)
         return d
 
+    def within_target(self, action: Any) -> bool:
+        """Whether an action's student is within the env's operating-point target; on a discrete action space
+        remembered per action (the env's target does not change), so a repeated candidate is not rebuilt."""
+        key = self._memo.key(action)
+        if key is None:
+            return self.env.unwrapped.within_target(action)
+        if key not in self._feasible:
+            self._feasible[key] = self.env.unwrapped.within_target(action)
+        return self._feasible[key]
+
     def make_gp(self, xs: Sequence[np.ndarray], ys: Sequence[float]) -> EmbeddingGP:
         """A fresh kernel on (xs, ys): a new random LSTM (seeded from the agent's RNG), the last or the loaded one."""
         cfg = self.config
@@ -389,7 +400,7 @@ class ESNACAgent(Agent):
         env = self.env.unwrapped
         actions = [env.sample_action(self.rng) for _ in range(cfg.candidates)]
         if env.target is not None:  # under an operating-point target only feasible candidates (all if none is)
-            actions = [a for a in actions if env.within_target(a)] or actions
+            actions = [a for a in actions if self.within_target(a)] or actions
         descriptors = [self.action_descriptor(a) for a in actions]
         if cfg.fresh_candidates:
             actions, descriptors = unseen(actions, descriptors, [*xs, *taken])
