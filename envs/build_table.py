@@ -64,7 +64,7 @@ def build_table(spec: str | Path | TableSpec, fidelity: str | None = None, out: 
                 device: str | None = None, workers: int | None = None, batch: int = 16,
                 data_root: str | None = None, progress: bool = True) -> BuildReport:
     """Build (or resume) the table of ``spec`` at ``fidelity`` (default: the spec's) into ``out`` (default:
-    ``tables/<spec>.<fidelity>.jsonl.gz``).
+    ``teachers/tables/<spec>.<fidelity>.jsonl.gz``).
 
     ``sample``: only that many distinct valid students, drawn with ``seed`` (one action each: the first in
     grid order), for a costly fidelity; ``limit``: score at most that many more actions in this call;

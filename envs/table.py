@@ -4,7 +4,7 @@
 
 A table env is the live env of its space (same action and observation spaces, observations, students, infos
 and rewards) whose evaluator is a :class:`netcomp.tables.TableEvaluator`: each student is built and checked as
-live, then its recorded result is looked up in the table (``tables/<spec>.<fidelity>.jsonl.gz``, or the
+live, then its recorded result is looked up in the table (``teachers/tables/<spec>.<fidelity>.jsonl.gz``, or the
 file given as ``table=``) instead of trained. The info is rebuilt from the recorded result, so any ``reward``,
 ``penalty`` or ``target`` works on a table. Differences from the live env, all by design:
 

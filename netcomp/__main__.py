@@ -6,7 +6,7 @@ teacher with a recipe from configs/teachers.yaml and ship it (teachers/ and its 
 interrupted training from its per-epoch checkpoint.
 ``python -m netcomp build-table SPEC [--fidelity rank|reference] [--sample N] [--limit N] [--threads N]
 [--workers N]``: score every student of a shipped table spec (configs/tables.yaml) or a spec YAML file into
-tables/SPEC.FIDELITY.jsonl.gz, resuming a killed build with nothing retrained (netcomp/tables.py).
+teachers/tables/SPEC.FIDELITY.jsonl.gz, resuming a killed build with nothing retrained (netcomp/tables.py).
 ``python -m netcomp table-info SPEC|FILE [--fidelity F] [--json]``: a table's provenance and figures.
 """
 
@@ -119,7 +119,7 @@ def table_info_command(args: argparse.Namespace) -> int:
 
 def _table_parsers(sub: argparse._SubParsersAction) -> None:
     """The build-table and table-info subcommands."""
-    b = sub.add_parser("build-table", help="score every student of a table spec into tables/ (resumable)")
+    b = sub.add_parser("build-table", help="score every student of a table spec into teachers/tables/ (resumable)")
     b.add_argument("spec", help="a spec of configs/tables.yaml (e.g. channel-ratio-lenet5-fashionmnist) or a YAML file")
     b.add_argument("--fidelity", default=None, help="rank (the spec's default) | reference | any preset")
     b.add_argument("--limit", type=int, default=None, help="score at most N more actions now (resume later)")
@@ -130,7 +130,7 @@ def _table_parsers(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when present)")
     b.add_argument("--batch", type=int, default=16, help="actions scored together (default 16)")
     b.add_argument("--data-root", default=None)
-    b.add_argument("--out", default=None, help="the table file (default tables/SPEC.FIDELITY.jsonl.gz)")
+    b.add_argument("--out", default=None, help="the table file (default teachers/tables/SPEC.FIDELITY.jsonl.gz)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     i = sub.add_parser("table-info", help="a table's provenance, distinct students and rewards")
     i.add_argument("table", help="a table file (.jsonl.gz), a spec name or a spec YAML file")

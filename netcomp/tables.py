@@ -6,7 +6,7 @@ reproducible neural architecture search", ICLR 2020, arXiv:2001.00326) and NATS-
 Benchmarking NAS algorithms for architecture topology and size", TPAMI 2021, arXiv:2009.00437) made possible
 for architecture search, with a simulated clock: a lookup charges the seconds the student's training took.
 
-A table file (``tables/<spec>.<fidelity>.jsonl.gz``, gzip JSON lines) is one header line, ``{"header": ...}``,
+A table file (``teachers/tables/<spec>.<fidelity>.jsonl.gz``, gzip JSON lines) is one header line, ``{"header": ...}``,
 then one line per action of the space's grid:
 
 - the header: the format version, the spec's name, the env id and kwargs it was built with, the action grid
@@ -53,13 +53,15 @@ from netcomp.errors import UserError
 from netcomp.evaluator import EvalResult, Evaluator, Fidelity
 from netcomp.files import write_atomic
 from netcomp.jsonl import read_jsonl, to_jsonable
+from netcomp.teachers import SHIPPED_DIR
 
 #: Version of the table file format.
 FORMAT = 1
-#: The repository root, where ``tables/`` and ``configs/tables.yaml`` live.
+#: The repository root, where ``configs/tables.yaml`` lives.
 ROOT = Path(__file__).resolve().parent.parent
-#: Folder of the shipped tables.
-TABLE_DIR = ROOT / "tables"
+#: Folder of the shipped tables: beside the shipped teachers they were scored from, in the ``teachers``
+#: package, so that an installed netcomp-gym (not only a checkout) serves ``fidelity="table"``.
+TABLE_DIR = SHIPPED_DIR / "tables"
 #: The shipped table specs: name -> env, env kwargs, grid levels, fidelity.
 SPECS_FILE = ROOT / "configs" / "tables.yaml"
 #: Largest space a table may enumerate (a spec beyond it is refused before anything trains).

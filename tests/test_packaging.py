@@ -1,5 +1,6 @@
 """The packaging stays true: pyproject.toml lists exactly the project's importable top-level packages."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,9 @@ def test_a_non_editable_install_runs_a_smoke_comparison_from_another_directory(t
                           env={k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert (work / "runs" / "smoke" / "leaderboard.md").exists() and "| n2n |" in done.stdout
+    # the shipped tables are package data: the installed netcomp finds and reads one (fidelity="table" envs)
+    info = subprocess.run([str(venv / "bin" / "python"), "-m", "netcomp", "table-info",
+                           "channel-ratio-lenet5-fashionmnist", "--json"], cwd=work, capture_output=True, text=True,
+                          timeout=300, env={k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"})
+    assert info.returncode == 0, info.stderr[-2000:]
+    assert "site-packages" in json.loads(info.stdout)["path"] and json.loads(info.stdout)["build"]["rows"] == 4096
