@@ -121,19 +121,31 @@ def regret_figure(runs: dict[str, list[list[dict]]], optima: dict[str, float], t
     import matplotlib.pyplot as plt
 
     fig, (by_evals, by_seconds) = plt.subplots(1, 2, figsize=(12, 4.5))
+    drawn: list[float] = []
     for agent, seeds in runs.items():
         if seeds and agent in optima:
             curves = [best_so_far(r) for r in seeds]
             regrets = [[optima[agent] - v for v in c[0]] for c in curves]
+            drawn += [v for r in regrets for v in r if math.isfinite(v)]
             _band(by_evals, agent, [np.arange(1, len(r) + 1) for r in seeds], regrets)
             _band(by_seconds, agent, [c[1] for c in curves], regrets)
     for ax, label in ((by_evals, "evaluations"), (by_seconds, "training seconds (simulated on a table)")):
         ax.set(xlabel=label, ylabel="regret: table optimum - best reward so far")
         log_axis(ax)
+        regret_axis(ax, drawn)
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def regret_axis(ax: Any, regrets: list[float]) -> None:
+    """A symmetric-log y axis: logarithmic down to the smallest positive regret drawn (so the small regrets
+    that separate good searches late in a run stay apart), linear from there to 0 (a found optimum)."""
+    positive = [v for v in regrets if v > 0]
+    if positive:
+        ax.set_yscale("symlog", linthresh=max(min(positive), max(positive) * 1e-6))
+        ax.set_ylim(bottom=0.0)
 
 
 def _band(ax: Any, label: str, xs: list, ys: list) -> None:

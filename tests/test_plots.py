@@ -137,3 +137,14 @@ def test_a_comparison_directory_gets_its_three_plots(runs, tmp_path):
     write_comparison_plots(tmp_path, spec)
     for name in ("best_so_far.png", "pareto.png", "regret.png"):
         assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_regret_axis_is_logarithmic_down_to_the_smallest_regret_and_reaches_zero():
+    from runner.plots import regret_figure
+
+    recs = [{"index": i, "reward": r, "valid": True, "eval_seconds": 1.0} for i, r in enumerate([0.5, 0.99, 1.0])]
+    near = [{"index": i, "reward": r, "valid": True, "eval_seconds": 1.0} for i, r in enumerate([0.9, 0.995])]
+    fig = regret_figure({"a": [recs], "b": [near]}, {"a": 1.0, "b": 1.0}, "t")
+    for ax in fig.axes:
+        assert ax.get_yscale() == "symlog" and ax.get_ylim()[0] == 0.0
+        assert ax.yaxis.get_transform().linthresh == pytest.approx(0.005)  # the smallest positive regret drawn
