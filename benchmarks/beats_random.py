@@ -13,8 +13,8 @@ Several folders of one comparison (an agent run later with the same env, budget,
 ``--agent random,esnac --out runs/x-esnac``) are read as one: each agent's runs come from the first folder
 that has them, and random search's runs in a later folder must equal those of the first (else the merged
 tests would set an agent against other draws). A run with fewer evaluations than the budget (still running,
-or killed) is left out and named. ``--figure PATH`` draws the merged regret figure (best reward so far
-without a table) of every agent:
+or killed) and found finished in no folder is left out and named. ``--figure PATH`` draws the merged regret
+figure (best reward so far without a table) of every agent:
 
     python -m benchmarks.beats_random runs/table-lenet-200
     python -m benchmarks.beats_random runs/table-block-1000 runs/table-block-1000-n2n --figure regret.png
@@ -47,7 +47,7 @@ class Runs:
     spec: dict
     records: dict[str, dict[int, list[dict]]] = field(default_factory=dict)
     optimum: float | None = None
-    left_out: list[str] = field(default_factory=list)
+    left_out: dict[tuple[str, int], str] = field(default_factory=dict)
 
 
 def read_runs(outs: list[Path]) -> Runs:
@@ -60,6 +60,8 @@ def read_runs(outs: list[Path]) -> Runs:
         for agent in spec["agents"]:
             for seed in spec["seeds"]:
                 _add_run(runs, agent, seed, out / run_label(agent, seed))
+    for agent, seed in [key for key in runs.left_out if key[1] in runs.records.get(key[0], {})]:
+        del runs.left_out[agent, seed]  # finished in another folder
     return runs
 
 
@@ -75,7 +77,8 @@ def _add_run(runs: Runs, agent: str, seed: int, run_dir: Path) -> None:
     records = read_records(run_dir / "evaluations.jsonl")
     budget = runs.spec["run"].get("budget")
     if not records or (budget is not None and len(records) < budget):
-        runs.left_out.append(f"{agent} seed {seed}: {len(records)} of {budget} evaluations ({run_dir})")
+        done = f"{len(records)} of {budget} evaluations" if records else "not run"
+        runs.left_out.setdefault((agent, seed), f"{agent} seed {seed}: {done} ({run_dir})")
         return
     known = runs.records.setdefault(agent, {}).get(seed)
     if known is not None:
@@ -187,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     runs = read_runs(args.outs)
     print(report(runs, args.baseline))
-    for line in runs.left_out:
+    for line in runs.left_out.values():
         print(f"left out (unfinished): {line}")
     if args.figure is not None:
         write_figure(runs, args.figure)
