@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from agents.base import Agent, one_torch_thread
+from envs.base import discrete_action_key
 from netcomp.arch import ESNAC_BASE, ESNAC_MAX_LAYERS, Arch, esnac_descriptor
 from netcomp.checks import as_bool, as_choice, as_float, as_int, invalid
 from netcomp.data import Dataset, Split
@@ -244,14 +245,13 @@ class DescriptorMemo:
     repeats). At most ``capacity`` actions are kept (a ResNet-20 entry is about 3 KB)."""
 
     def __init__(self, space: Any, capacity: int = 8192) -> None:
-        from gymnasium import spaces
-        self.active = isinstance(space, (spaces.MultiBinary, spaces.MultiDiscrete, spaces.Discrete))
+        self.space = space
         self.capacity = capacity
         self.entries: dict[bytes, tuple[tuple[int, ...], np.dtype, np.ndarray, np.ndarray]] = {}
 
     def key(self, action: Any) -> bytes | None:
         """The action's identity (None on a continuous space)."""
-        return np.asarray(action, np.int64).tobytes() if self.active else None
+        return discrete_action_key(self.space, action)
 
     def get(self, key: bytes | None) -> np.ndarray | None:
         """A new array equal to the remembered representation (None when the action is not remembered)."""
@@ -292,7 +292,6 @@ class ESNACAgent(Agent):
         self.fits: list[dict[str, Any]] = []
         self._descriptors: dict[int, np.ndarray] = {}  # record index -> descriptor (students do not change)
         self._memo = DescriptorMemo(self.env.action_space)
-        self._feasible: dict[bytes, bool] = {}  # discrete action -> within the env's target (fixed per env)
         base = self.env.unwrapped
         self.teacher_descriptor = esnac_descriptor(base.arch, None, self.config.max_layers)
 
@@ -356,16 +355,6 @@ class ESNACAgent(Agent):
         self._memo.put(key, d)
         return d
 
-    def within_target(self, action: Any) -> bool:
-        """Whether an action's student is within the env's operating-point target; on a discrete action space
-        remembered per action (the env's target does not change), so a repeated candidate is not rebuilt."""
-        key = self._memo.key(action)
-        if key is None:
-            return self.env.unwrapped.within_target(action)
-        if key not in self._feasible:
-            self._feasible[key] = self.env.unwrapped.within_target(action)
-        return self._feasible[key]
-
     def make_gp(self, xs: Sequence[np.ndarray], ys: Sequence[float]) -> EmbeddingGP:
         """A fresh kernel on (xs, ys): a new random LSTM (seeded from the agent's RNG), the last or the loaded one."""
         cfg = self.config
@@ -400,7 +389,7 @@ class ESNACAgent(Agent):
         env = self.env.unwrapped
         actions = [env.sample_action(self.rng) for _ in range(cfg.candidates)]
         if env.target is not None:  # under an operating-point target only feasible candidates (all if none is)
-            actions = [a for a in actions if self.within_target(a)] or actions
+            actions = [a for a in actions if env.within_target(a)] or actions
         descriptors = [self.action_descriptor(a) for a in actions]
         if cfg.fresh_candidates:
             actions, descriptors = unseen(actions, descriptors, [*xs, *taken])

@@ -130,6 +130,7 @@ class CompressionEnv(gym.Env):
             _check_choice("render_mode", render_mode, tuple(self.metadata["render_modes"]))
         self.mode, self.render_mode = mode, render_mode
         self.target = check_target(target)
+        self._within_target: dict[bytes, bool] = {}  # discrete one-shot action -> within the target
         default = TARGET_REWARD if self.target else self.default_reward
         self.reward_name = check_reward_name(reward or default)  # validates the name early
         self.fidelity: Fidelity = load_fidelity(fidelity, self.space)
@@ -398,8 +399,18 @@ class CompressionEnv(gym.Env):
 
     def within_target(self, action: Any) -> bool:
         """Whether a one-shot action's student is at or below the env's ``target`` (True without one), told
-        before anything trains (no evaluation is spent). The current episode is abandoned."""
-        return self.target is None or self.evaluator.target_problem(self.student_for(action)) is None
+        before anything trains (no evaluation is spent). The current episode is abandoned. On a discrete action
+        space the answer is remembered per action (the target and an action's student do not change), so a
+        search that checks many repeated candidates (ESNAC: 1,000 per kernel) builds each student once."""
+        if self.target is None:
+            return True
+        key = discrete_action_key(self.action_space, action) if self.mode == "oneshot" else None
+        known = self._within_target.get(key) if key is not None else None
+        if known is None:
+            known = self.evaluator.target_problem(self.student_for(action)) is None
+            if key is not None:
+                self._within_target[key] = known
+        return known
 
     def sample_action(self, rng: np.random.Generator | None = None) -> Any:
         """A random one-shot action from this space's sampler: uniform over the action space here (the edit
@@ -453,6 +464,14 @@ def _plain(value: Any) -> Any:
 def _check_choice(what: str, value: Any, valid: tuple) -> None:
     if value not in valid:
         raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(map(str, valid))}")
+
+
+def discrete_action_key(space: spaces.Space, action: Any) -> bytes | None:
+    """An action's identity on a discrete action space (its integers, whatever their dtype); None on a
+    continuous one, where actions do not repeat."""
+    if isinstance(space, (spaces.MultiBinary, spaces.MultiDiscrete, spaces.Discrete)):
+        return np.asarray(action, np.int64).tobytes()
+    return None
 
 
 def check_box_action(action: Any, space: spaces.Box) -> np.ndarray:

@@ -191,21 +191,6 @@ def test_a_discrete_actions_representation_is_remembered_exactly(tiny, monkeypat
     assert box.get(box.key(np.zeros(3))) is None and not box.entries
 
 
-def test_a_discrete_actions_feasibility_under_a_target_is_told_once_and_equals_the_envs(tiny, monkeypatch):
-    env = Recorder(RemovalEnv("resnet20", granularity="block", device="cpu", target={"macs": 0.5}, **tiny), Budget(2))
-    env.reset(seed=0)
-    agent = ESNACAgent(env, ESNACConfig(**SMALL), seed=0)
-    actions = [np.zeros(9, np.int8), np.ones(9, np.int8), np.array([1, 1, 1, 1, 0, 0, 0, 0, 0], np.int8)]
-    truth = [env.unwrapped.within_target(a) for a in actions]
-    assert truth[:2] == [True, False]                       # every block removed is within 0.5 MACs, the teacher is not
-    asked = []
-    original = env.unwrapped.within_target
-    monkeypatch.setattr(env.unwrapped, "within_target", lambda a: asked.append(a) or original(a))
-    first = [agent.within_target(a) for a in actions]
-    again = [agent.within_target(a.astype(np.int64)) for a in actions]  # the same actions, another dtype
-    assert first == again == truth and len(asked) == len(actions)        # each student built once
-
-
 @pytest.mark.parametrize("space", ["removal", "shrinkage"])
 def test_the_agent_runs_on_the_removal_and_shrinkage_spaces(space, tiny_config, tmp_path):
     config = tmp_path / "c.yaml"

@@ -37,6 +37,23 @@ def _env(tiny, env_id=CHANNEL_RATIO, **kwargs):
 
 
 # ---------------------------------------------------------------------------- the env's target
+def test_a_discrete_actions_feasibility_is_told_by_building_its_student_once(tiny, monkeypatch):
+    """ESNAC checks 1,000 candidates per kernel against the target, drawn from the block space's 512 actions."""
+    base = _env(tiny, "netcomp/removal-resnet20-synthetic-v0", granularity="block", target={"macs": 0.5}).unwrapped
+    actions = [np.zeros(9, np.int8), np.ones(9, np.int8), np.array([1, 1, 1, 1, 0, 0, 0, 0, 0], np.int8)]
+    truth = [base.evaluator.target_problem(base.student_for(a)) is None for a in actions]
+    assert truth[:2] == [True, False]                       # every block removed is within 0.5 MACs, the teacher is not
+    built = []
+    student_for = base.student_for
+    monkeypatch.setattr(base, "student_for", lambda a: built.append(a) or student_for(a))
+    first = [base.within_target(a) for a in actions]
+    again = [base.within_target(a.astype(np.int64)) for a in actions]  # the same actions, another dtype
+    assert first == again == truth and len(built) == len(actions)      # each student built once
+    box = _env(tiny, target={"macs": 0.5}).unwrapped                    # continuous: nothing is remembered
+    box.within_target(np.ones(box.action_space.shape))
+    assert not box._within_target
+
+
 def test_a_target_makes_over_target_students_invalid_before_training_and_pays_accuracy(tiny):
     env = _env(tiny, target={"macs": 0.5})
     base = env.unwrapped
