@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from runner.compare import best_so_far, read_spec, run_label
+from runner.compare import best_so_far, mean_std, read_spec, run_label
 from runner.recorder import best, read_records
 
 #: The settings of compare.yaml's ``run`` that must agree for two folders to be one comparison.
@@ -124,10 +124,10 @@ def to_optimum(agent: dict[int, list[dict]], random: dict[int, list[dict]], opti
     def evaluations(runs: dict[int, list[dict]]) -> list[int]:
         return [evaluations_to(r, optimum) or len(r) + 1 for r in runs.values()]
 
-    regret = optimum - best_rewards(agent)
+    regret_mean, regret_std, _ = mean_std(list(optimum - best_rewards(agent)))
     found = [e for r in agent.values() if (e := evaluations_to(r, optimum)) is not None]
-    return {"regret_mean": float(regret.mean()), "regret_std": float(np.std(regret, ddof=1)) if len(regret) > 1
-            else 0.0, "found": len(found), "median": float(np.median(found)) if found else None,
+    return {"regret_mean": regret_mean, "regret_std": regret_std, "found": len(found),
+            "median": float(np.median(found)) if found else None,
             "fewer_p": float(stats.mannwhitneyu(evaluations(agent), evaluations(random), alternative="less").pvalue)}
 
 
@@ -148,12 +148,8 @@ def report(runs: Runs, baseline: str = "random") -> str:
     for agent, records in runs.records.items():
         if agent == baseline and not table:
             continue
-        r = versus(best_rewards(records), best_rewards(base))
-        stds = "-" if np.isnan(r["in_random_stds"]) else f"{r['in_random_stds']:+.1f}"
-        line = (f"| {agent} | {r['n']} | {r['mean']:.4f} | {r['random_mean']:.4f} | {stds} "
-                f"| {r['mann_whitney_p']:.4f} | {r['welch_p']:.4f} | {'yes' if r['mann_whitney_p'] < 0.05 else 'no'} |")
-        if agent == baseline:
-            line = f"| {agent} | {r['n']} | {r['mean']:.4f} | - | - | - | - | - |"
+        line = (f"| {agent} | {len(records)} | {best_rewards(records).mean():.4f} | - | - | - | - | - |"
+                if agent == baseline else _versus_cells(agent, best_rewards(records), best_rewards(base)))
         if table:
             o = to_optimum(records, base, runs.optimum)
             median = "-" if o["median"] is None else f"{o['median']:g}"
@@ -161,6 +157,14 @@ def report(runs: Runs, baseline: str = "random") -> str:
             line += f" {o['regret_mean']:.4f} ± {o['regret_std']:.4f} | {o['found']} | {median} | {fewer} |"
         lines.append(line)
     return "\n".join(lines)
+
+
+def _versus_cells(agent: str, mine: np.ndarray, base: np.ndarray) -> str:
+    """The first eight cells of an agent's row: its best rewards against the baseline's (:func:`versus`)."""
+    r = versus(mine, base)
+    stds = "-" if np.isnan(r["in_random_stds"]) else f"{r['in_random_stds']:+.1f}"
+    return (f"| {agent} | {r['n']} | {r['mean']:.4f} | {r['random_mean']:.4f} | {stds} | {r['mann_whitney_p']:.4f} "
+            f"| {r['welch_p']:.4f} | {'yes' if r['mann_whitney_p'] < 0.05 else 'no'} |")
 
 
 def write_figure(runs: Runs, path: Path) -> None:
