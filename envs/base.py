@@ -399,17 +399,17 @@ class CompressionEnv(gym.Env):
 
     def within_target(self, action: Any) -> bool:
         """Whether a one-shot action's student is at or below the env's ``target`` (True without one), told
-        before anything trains (no evaluation is spent). The current episode is abandoned. On a discrete action
+        before anything trains (no evaluation is spent). The current episode may be abandoned. On a discrete action
         space the answer is remembered per action (the target and an action's student do not change), so a
         search that checks many repeated candidates (ESNAC: 1,000 per kernel) builds each student once."""
         if self.target is None:
             return True
         key = discrete_action_key(self.action_space, action) if self.mode == "oneshot" else None
-        known = self._within_target.get(key) if key is not None else None
-        if known is None:
-            known = self.evaluator.target_problem(self.student_for(action)) is None
-            if key is not None:
-                self._within_target[key] = known
+        if key in self._within_target:
+            return self._within_target[key]
+        known = self.evaluator.target_problem(self.student_for(action)) is None
+        if key is not None:
+            self._within_target[key] = known
         return known
 
     def sample_action(self, rng: np.random.Generator | None = None) -> Any:
