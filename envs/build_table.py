@@ -7,12 +7,14 @@ trains them (shared batches here, Ray actors with ``workers``, a GPU when the de
 action is appended as one whole line to ``<table>.partial.jsonl``; a killed build started again skips those
 rows and finds every student trained since in the evaluator's cache, so nothing is retrained. When every
 planned action is scored, the table is written (atomically) and the two work files are removed; a build cut
-short by ``limit`` writes what it has (``build.complete: false``) and keeps them for the next call.
+short by ``limit`` writes what it has (``build.complete: false``) and keeps them for the next call; without
+them (a partial table committed elsewhere, a fresh clone) the next call resumes from the table file itself.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ import torch
 
 from envs.table import grid_of
 from netcomp.distill import torch_threads
-from netcomp.jsonl import append_jsonl
+from netcomp.jsonl import append_jsonl, to_jsonable
 from netcomp.tables import (
     FORMAT,
     MAX_STUDENTS,
@@ -36,6 +38,7 @@ from netcomp.tables import (
     now,
     provenance,
     read_partial,
+    read_table,
     resolve_spec,
     scoring_header,
     session,
@@ -81,6 +84,7 @@ def build_table(spec: str | Path | TableSpec, fidelity: str | None = None, out: 
         env = make_build_env(spec, fidelity, cache_path, device, data_root)
         with _pool(env, workers, threads) as pool:
             header = table_header(env, spec, threads, _device(env, pool), sample, seed)
+            seed_from_table(out, rows_path, header)
             done, sessions = resume_rows(rows_path, header)
             plan = planned_actions(env, header, sample, seed)
             todo = [a for a in plan if a not in done][:limit]
@@ -130,6 +134,29 @@ def table_header(env: Any, spec: TableSpec, threads: int, device: str, sample: i
         "cache_suffix": suffix, "plan": {"sample": sample, "seed": seed if sample else None},
         **scoring_header(ev), "provenance": provenance(device, threads),
     }
+
+
+def seed_from_table(out: Path, rows_path: Path, header: dict[str, Any]) -> bool:
+    """Start the work file of a build from the table file ``out`` when there is no work file but a table of
+    the same settings (a partial table committed from another machine, a fresh clone): its rows are then
+    not trained again. True when it did; TableError when the table holds other settings (another teacher,
+    fidelity, sample, thread count...; the builder's commit may differ)."""
+    if rows_path.exists() or not out.exists():
+        return False
+    table = read_table(out)
+    old = {k: v for k, v in table.header.items() if k != "build"}
+    old["provenance"] = {k: v for k, v in old.get("provenance", {}).items() if k != "commit"}
+    new = json.loads(json.dumps(to_jsonable(header)))
+    differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if differ:
+        raise TableError(f"{out} is a table of other settings ({', '.join(differ)} differ); move it aside to "
+                         f"build this one")
+    append_jsonl(rows_path, {"header": header})
+    for earlier in table.header.get("build", {}).get("sessions", []):
+        append_jsonl(rows_path, {"session": earlier})
+    for row in table.rows:
+        append_jsonl(rows_path, row)
+    return True
 
 
 def resume_rows(rows_path: Path, header: dict[str, Any]) -> tuple[dict[tuple[int, ...], dict[str, Any]], list]:

@@ -139,6 +139,23 @@ def test_a_sample_build_cut_short_has_scored_the_first_students_of_the_draw(tiny
     assert [tuple(r["action"]) for r in read_table(out).rows] == sorted(draw)
 
 
+
+def test_a_partial_table_without_its_work_files_resumes_from_the_table(tiny_table, tmp_path):
+    # a partial table committed on one machine and resumed on a fresh clone, where the work files never were
+    out = tmp_path / "s.jsonl.gz"
+    build_table(TINY_SPEC, out=out, sample=6, seed=4, threads=1, limit=2, progress=False)
+    first = read_table(out).rows
+    for path in work_paths(out):
+        path.unlink()
+    rest = build_table(TINY_SPEC, out=out, sample=6, seed=4, threads=1, progress=False)
+    assert rest.complete and rest.resumed_rows == 2 and rest.trained == 4
+    rows = {tuple(r["action"]): r for r in read_table(out).rows}
+    assert all(rows[tuple(r["action"])] == r for r in first)  # kept as scored, not trained again
+    assert len(read_table(out).header["build"]["sessions"]) == 2
+    with pytest.raises(TableError, match="other settings.*plan"):  # another sample: refused, the table kept
+        build_table(TINY_SPEC, out=out, sample=6, seed=5, threads=1, progress=False)
+    assert read_table(out).rows == list(rows.values())
+
 # ---------------------------------------------------------------------------- the table env
 def test_table_env_gives_the_live_env_info(tiny_table):
     table, live = make(tiny_table), make(fidelity="smoke")
