@@ -84,7 +84,7 @@ def build_table(spec: str | Path | TableSpec, fidelity: str | None = None, out: 
         env = make_build_env(spec, fidelity, cache_path, device, data_root)
         with _pool(env, workers, threads) as pool:
             header = table_header(env, spec, threads, _device(env, pool), sample, seed)
-            seed_from_table(out, rows_path, header)
+            seeded = seed_from_table(out, rows_path, header)
             done, sessions = resume_rows(rows_path, header)
             plan = planned_actions(env, header, sample, seed)
             todo = [a for a in plan if a not in done][:limit]
@@ -96,7 +96,8 @@ def build_table(spec: str | Path | TableSpec, fidelity: str | None = None, out: 
     complete = len(rows) == len(plan)
     header["build"] = build_section(rows, plan, complete, limit, sessions, time.perf_counter() - start)
     header["provenance"]["commit"] = sessions[-1]["commit"]
-    write_table(out, header, rows)
+    if not (seeded and complete and not new):  # a complete table built again is left as it is
+        write_table(out, header, rows)
     if complete:
         rows_path.unlink(missing_ok=True)
         cache_path.unlink(missing_ok=True)

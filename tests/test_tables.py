@@ -152,6 +152,10 @@ def test_a_partial_table_without_its_work_files_resumes_from_the_table(tiny_tabl
     rows = {tuple(r["action"]): r for r in read_table(out).rows}
     assert all(rows[tuple(r["action"])] == r for r in first)  # kept as scored, not trained again
     assert len(read_table(out).header["build"]["sessions"]) == 2
+    data = out.read_bytes()
+    again = build_table(TINY_SPEC, out=out, sample=6, seed=4, threads=1, progress=False)
+    assert again.trained == 0 and again.resumed_rows == 6 and out.read_bytes() == data  # a complete table: untouched
+    assert not any(path.exists() for path in work_paths(out))
     with pytest.raises(TableError, match="other settings.*plan"):  # another sample: refused, the table kept
         build_table(TINY_SPEC, out=out, sample=6, seed=5, threads=1, progress=False)
     assert read_table(out).rows == list(rows.values())
