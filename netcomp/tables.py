@@ -30,6 +30,7 @@ written atomically when the build ends. This module never imports gymnasium.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import io
@@ -345,8 +346,21 @@ def provenance(device: str, threads: int) -> dict[str, Any]:
 
 
 def session() -> dict[str, Any]:
-    """One build call: the builder's commit, when it started and the machine's load then."""
-    return {"commit": git_commit(), "started": now(), "load_average": load_average()}
+    """One build call: the builder's commit, when it started, the machine's load then, and its CPU (model and
+    the instruction set torch's kernels use: CPU results are exact only on a CPU that computes alike)."""
+    return {"commit": git_commit(), "started": now(), "load_average": load_average(), "cpu": cpu_identity()}
+
+
+def cpu_identity() -> dict[str, Any]:
+    """The CPU's model name (from /proc/cpuinfo where there is one) and torch's CPU capability (e.g. AVX2,
+    AVX512): two CPUs that differ in either may train a student to different last bits."""
+    model = platform.processor() or None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    return {"model": model, "capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def load_average() -> list[float] | None:

@@ -287,6 +287,7 @@ def test_a_killed_build_resumes_with_nothing_retrained(tmp_path):
     assert not report.complete and rows_path.exists()  # the rest is built by the next call
     sessions = read_table(out).header["build"]["sessions"]
     assert len(sessions) == 2 and all("commit" in s and s["started"] for s in sessions)
+    assert all(s["cpu"]["capability"] == torch.backends.cpu.get_cpu_capability() for s in sessions)
 
 
 def _scored(rows_path, repair=True):
