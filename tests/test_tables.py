@@ -139,7 +139,6 @@ def test_a_sample_build_cut_short_has_scored_the_first_students_of_the_draw(tiny
     assert [tuple(r["action"]) for r in read_table(out).rows] == sorted(draw)
 
 
-
 def test_a_partial_table_without_its_work_files_resumes_from_the_table(tiny_table, tmp_path):
     # a partial table committed on one machine and resumed on a fresh clone, where the work files never were
     out = tmp_path / "s.jsonl.gz"
