@@ -26,6 +26,7 @@ import torch
 
 from envs.table import grid_of
 from netcomp.distill import torch_threads
+from netcomp.files import write_atomic
 from netcomp.jsonl import append_jsonl, to_jsonable
 from netcomp.tables import (
     FORMAT,
@@ -147,17 +148,19 @@ def seed_from_table(out: Path, rows_path: Path, header: dict[str, Any]) -> bool:
     table = read_table(out)
     old = {k: v for k, v in table.header.items() if k != "build"}
     old["provenance"] = {k: v for k, v in old.get("provenance", {}).items() if k != "commit"}
-    new = json.loads(json.dumps(to_jsonable(header)))
-    differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    differ = differing_keys(old, json.loads(json.dumps(to_jsonable(header))))
     if differ:
         raise TableError(f"{out} is a table of other settings ({', '.join(differ)} differ); move it aside to "
                          f"build this one")
-    append_jsonl(rows_path, {"header": header})
-    for earlier in table.header.get("build", {}).get("sessions", []):
-        append_jsonl(rows_path, {"session": earlier})
-    for row in table.rows:
-        append_jsonl(rows_path, row)
+    lines = [{"header": header}, *({"session": s} for s in table.header.get("build", {}).get("sessions", [])),
+             *table.rows]
+    write_atomic(rows_path, lambda f: f.write("".join(json.dumps(to_jsonable(x)) + "\n" for x in lines).encode()))
     return True
+
+
+def differing_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The top-level keys whose values differ between two table headers."""
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
 def resume_rows(rows_path: Path, header: dict[str, Any]) -> tuple[dict[tuple[int, ...], dict[str, Any]], list]:
@@ -167,7 +170,7 @@ def resume_rows(rows_path: Path, header: dict[str, Any]) -> tuple[dict[tuple[int
     old, rows, sessions = read_partial(rows_path)
     if old is None:
         append_jsonl(rows_path, {"header": header})
-    differ = sorted(k for k in set(old or header) | set(header) if (old or header).get(k) != header.get(k))
+    differ = differing_keys(old or header, header)
     if differ:
         raise TableError(f"{rows_path} holds a build of other settings ({', '.join(differ)} differ); move it and "
                          f"the .cache.jsonl file beside it aside to start the build again")
