@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from netcomp.arch import Arch
+from netcomp.cpu_numerics import cpu_numerics
 from netcomp.errors import UserError
 from netcomp.evaluator import EvalResult, Evaluator, Fidelity
 from netcomp.files import write_atomic
@@ -342,7 +343,8 @@ def provenance(device: str, threads: int) -> dict[str, Any]:
     """Where and with what a table is computed: the values it holds depend on all of these (the builder's
     commit is each build session's: see :func:`session`)."""
     return {"torch": torch.__version__, "python": platform.python_version(), "numpy": np.__version__,
-            "device": device, "threads": int(threads), "machine": platform.machine(), "cpus": os.cpu_count()}
+            "device": device, "threads": int(threads), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "cpu_numerics": cpu_numerics() if device == "cpu" else None}
 
 
 def session() -> dict[str, Any]:

@@ -29,6 +29,7 @@ import torch
 from ray.exceptions import RayActorError
 
 from netcomp.arch import Arch, arch_from_dict, arch_to_dict
+from netcomp.cpu_numerics import OPT_OUT, PIN, cpu_numerics
 
 if TYPE_CHECKING:
     from netcomp.evaluator import EvalResult, Evaluator
@@ -64,9 +65,18 @@ class EvalWorker:
         """The torch thread count the actor trains with (the run's)."""
         return torch.get_num_threads()
 
+    def numerics(self) -> dict[str, Any]:
+        """What the actor's CPU kernels compute with (see :mod:`netcomp.cpu_numerics`)."""
+        return cpu_numerics()
+
     def pid(self) -> int:
         """The actor's process id (tests kill it; a restarted actor has a new one)."""
         return os.getpid()
+
+
+def _numerics_env() -> dict[str, str]:
+    """The driver's CPU-kernel settings, for the workers it starts (they then compute the same floats)."""
+    return {name: os.environ[name] for name in (*PIN, OPT_OUT) if name in os.environ}
 
 
 def _evaluator_spec(evaluator: Evaluator) -> dict[str, Any]:
@@ -109,7 +119,7 @@ class WorkerPool:
         self._owns_ray, self.actors = not ray.is_initialized(), []
         if self._owns_ray:
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     runtime_env={"env_vars": {"PYTHONPATH": _pythonpath()}})
+                     runtime_env={"env_vars": {"PYTHONPATH": _pythonpath(), **_numerics_env()}})
         try:
             self.gpus = _gpu_share(workers, gpus)
         except ValueError:
@@ -121,10 +131,22 @@ class WorkerPool:
         self._actor_cls = ray.remote(EvalWorker).options(
             num_cpus=1, num_gpus=self.gpus, max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
         self.actors = [self._actor_cls.remote(self.threads) for _ in range(workers)]
+        if not self.gpus:
+            self._check_numerics()
         self._specs: dict[int, tuple[Evaluator, str, list]] = {}  # id(evaluator) -> (it, spec id, [ObjectRef])
         #: test hook: called with the pool and the in-flight {ObjectRef: (slot, index)} after each submission
         self.on_submit: Callable[[WorkerPool, dict], None] | None = None
         self.restarted = 0  # actors replaced after they died for good
+
+    def _check_numerics(self) -> None:
+        """CPU actors must compute as the driver does (a table records the driver's numerics for every row)."""
+        here = cpu_numerics()
+        for actor in self.actors:
+            there = ray.get(actor.numerics.remote())
+            if there != here:
+                self.shutdown()
+                raise RuntimeError(f"a Ray worker's CPU kernels differ from this process's: {there} against "
+                                   f"{here} (set the same {', '.join(PIN)} and {OPT_OUT} on every node)")
 
     def attach(self, evaluator: Evaluator) -> None:
         """Send ``evaluator``'s teacher and dataset to the cluster once; its trainings go to this pool."""

@@ -6,6 +6,8 @@ import tempfile
 import pytest
 import torch
 
+import netcomp  # noqa: F401  (pins torch's CPU kernels before any test runs one)
+
 # Set before any test imports the engine, so every cached teacher lands in a throw-away home.
 os.environ.setdefault("NETCOMP_HOME", tempfile.mkdtemp(prefix="netcomp-test-home-"))
 
