@@ -271,3 +271,22 @@ def test_actors_train_with_the_runs_thread_count(students, pool):
         pool.threads = 1
         pool._replace(0)
         pool._replace(1)
+
+
+def test_actors_compute_under_the_drivers_cpu_numerics_or_the_pool_refuses(pool, monkeypatch):
+    """Every CPU actor's kernels compute as the driver's do (a table records the driver's numerics for all its
+    rows); a pool whose actors differ is shut down with an error naming both."""
+    import types
+
+    import ray
+
+    import netcomp.workers as workers
+    from netcomp.cpu_numerics import cpu_numerics
+
+    assert [ray.get(actor.numerics.remote()) for actor in pool.actors] == [cpu_numerics()] * 2
+    ended = []
+    fake = types.SimpleNamespace(actors=pool.actors, shutdown=lambda: ended.append(True))
+    monkeypatch.setattr(workers, "cpu_numerics", lambda: {**cpu_numerics(), "capability": "AVX512"})
+    with pytest.raises(RuntimeError, match="CPU kernels differ"):
+        workers.WorkerPool._check_numerics(fake)
+    assert ended == [True]

@@ -18,6 +18,7 @@ import yaml
 import envs  # noqa: F401  (registers the ids)
 from envs.build_table import build_table, make_build_env, planned_actions
 from envs.table import grid_of
+from netcomp.cpu_numerics import cpu_has_avx2, cpu_numerics
 from netcomp.jsonl import read_jsonl
 from netcomp.tables import (
     TABLE_DIR,
@@ -95,6 +96,7 @@ def test_table_file_holds_provenance_and_every_action(tiny_table):
     assert h["fidelity"]["name"] == "smoke" and h["fidelity"]["key"] == env.unwrapped.fidelity.key()
     assert h["provenance"]["torch"] == torch.__version__ and h["provenance"]["threads"] == 1
     assert h["provenance"]["device"] == "cpu" and "commit" in h["provenance"]
+    assert h["provenance"]["cpu_numerics"] == cpu_numerics()  # what the kernels computed with, recorded
     assert h["env_id"] == ENV and h["grid"]["levels"] == [3, 3, 3, 3] and h["build"]["complete"]
     assert sorted(tuple(r["action"]) for r in table.rows) == list(Grid.from_json(h["grid"]).indices())
     stats = table.stats()
@@ -300,11 +302,16 @@ SHIPPED = {name: spec for name, spec in load_specs().items() if table_path(spec)
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_shipped_table_reproduces_live_at_its_thread_count(name):
-    """Loads the table (never builds it) and re-scores 3 random entries live on this CPU, exactly."""
+    """Loads the table (never builds it) and re-scores 3 random entries live on this CPU, exactly: the table
+    was built under the CPU pin (netcomp.cpu_numerics), which this process computes under too."""
     spec = SHIPPED[name]
     table = read_table(table_path(spec))
     if table.header["provenance"]["device"] != "cpu":
         pytest.skip("built on a GPU: reproducible on that device only")
+    assert table.header["provenance"]["cpu_numerics"]["pinned"], "a shipped table is built under the CPU pin"
+    if not cpu_has_avx2():
+        pytest.skip("this CPU has no AVX2, so it cannot compute under the pin the table was built with")
+    assert cpu_numerics()["pinned"]
     env = gym.make(envs.parse_env_id(spec.env), fidelity=table.fidelity_spec(),  # the fashionmnist data
                    disable_env_checker=True, device="cpu", **spec.env_kwargs)
     rescore_exactly(table, env, count=3, seed=1)
