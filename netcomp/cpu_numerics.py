@@ -3,49 +3,67 @@
 Torch picks its CPU kernels by what the CPU offers: ATen's vectorised kernels (AVX-512, AVX2 or plain),
 oneDNN's convolutions (its JIT emits the widest instruction set it finds), MKL's matrix products (one code
 branch per CPU family) and NNPACK. A sum taken 16 lanes at a time rounds differently from one taken 8 at a
-time, so the same seeded training on an AVX-512 Xeon and on an AVX2 EPYC ends a few last bits apart, and a
-table built on one does not re-score to the bit on the other (the thread count, pinned too, is the other
+time, so the same seeded training on two CPUs of different instruction sets ends a few last bits apart, and a
+table built on one does not re-score to the bit on the other (the thread count, fixed per run, is the other
 cause: see :func:`netcomp.distill.torch_threads`).
 
 The pin puts every library on its AVX2 code, which every x86-64 server CPU since 2013 runs:
 ``ATEN_CPU_CAPABILITY=avx2``, ``ONEDNN_MAX_CPU_ISA=AVX2``, ``MKL_CBWR=AVX2`` (MKL's conditional numerical
-reproducibility), and NNPACK off (it never runs where oneDNN does, and it tiles by cache size). The libraries
-read these once, at their first CPU kernel, so :func:`pin_cpu_numerics` runs when netcomp is imported, before
-the engine trains anything; worker processes inherit the environment. On an AVX2 CPU the pin costs nothing
-(it is what torch picks there); on an AVX-512 one, a ResNet-20 training is slower by what the wider vectors
-gained. Set ``NETCOMP_CPU_NUMERICS=native`` before importing netcomp to leave torch's own choice.
+reproducibility), and NNPACK off (it tiles by cache size; oneDNN serves the convolutions it would). The
+libraries read the variables once, at their first CPU kernel, so :func:`pin_cpu_numerics` runs when netcomp
+is imported, before the engine trains anything (worker processes inherit them); the trainer turns NNPACK
+off. On an AVX2 CPU the pin costs nothing (it is what torch picks there: one ResNet-20 `rank` training took
+4.86 s pinned, 4.92 s not); on an AVX-512 CPU, training is slower by what the wider vectors gained. Set
+``NETCOMP_CPU_NUMERICS=native`` before importing netcomp to leave torch's own choice.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 #: The environment that pins torch's CPU kernel libraries to their AVX2 code.
 PIN = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
 #: Set to "native" to leave torch's kernel choice alone (fastest on AVX-512; not reproducible across CPUs).
 OPT_OUT = "NETCOMP_CPU_NUMERICS"
+#: Whether :func:`pin_cpu_numerics` pinned this process (it runs when netcomp is imported).
+_REQUESTED = False
 
 
 def cpu_has_avx2() -> bool:
-    """Whether this CPU runs AVX2 and FMA code (asked of the CPU itself, without starting torch's kernels)."""
-    import torch
+    """Whether this CPU runs AVX2 and FMA code. Asked of /proc/cpuinfo on Linux, so that importing netcomp
+    does not import torch (``run_agent.py --help`` stays fast); elsewhere of torch's cpuinfo."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        import torch
 
-    has = getattr(torch.cpu, "_is_avx2_supported", None)
-    return bool(has and has())
+        has = getattr(torch.cpu, "_is_avx2_supported", None)
+        return bool(has and has())
+    flags = next((line.partition(":")[2].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return {"avx2", "fma"} <= set(flags)
 
 
 def pin_cpu_numerics() -> bool:
-    """Pin torch's CPU kernels to AVX2 in this process and its children; False where it cannot or may not
-    (opted out, no AVX2, or the user set one of the variables to something else, which is respected)."""
-    if os.environ.get(OPT_OUT, "").lower() == "native" or not cpu_has_avx2():
-        return False
-    for name, value in PIN.items():
-        os.environ.setdefault(name, value)
-    import torch.backends.nnpack
+    """Pin torch's CPU kernels to AVX2 in this process and its children (environment variables, read by the
+    libraries at their first kernel); False where it may not or cannot (opted out, or no AVX2). A variable
+    the user set to something else is respected (and :func:`cpu_numerics` then says it is not the pin)."""
+    global _REQUESTED
+    _REQUESTED = os.environ.get(OPT_OUT, "").lower() != "native" and cpu_has_avx2()
+    if _REQUESTED:
+        for name, value in PIN.items():
+            os.environ.setdefault(name, value)
+    return _REQUESTED
 
-    torch.backends.nnpack.set_flags(False)
-    return is_pinned()
+
+def apply_torch_flags() -> None:
+    """The part of the pin that is a torch flag, not a variable: NNPACK off. The trainer (netcomp.distill)
+    calls this when it is imported, so every training and evaluation runs with it."""
+    if _REQUESTED:
+        import torch.backends.nnpack
+
+        torch.backends.nnpack.set_flags(False)
 
 
 def cpu_numerics() -> dict[str, Any]:
@@ -53,6 +71,7 @@ def cpu_numerics() -> dict[str, Any]:
     settings, NNPACK, and whether that is the pin (a table records this; it re-scores only under the pin)."""
     import torch
 
+    apply_torch_flags()
     state = {"capability": torch.backends.cpu.get_cpu_capability(),
              **{name.lower(): os.environ.get(name) for name in PIN if name != "ATEN_CPU_CAPABILITY"},
              "nnpack": bool(torch._C._get_nnpack_enabled())}

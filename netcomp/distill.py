@@ -33,10 +33,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from netcomp.checks import as_bool, as_choice, as_float, as_floats, as_int, invalid
+from netcomp.cpu_numerics import apply_torch_flags
 from netcomp.data import DeviceLoader
 
 if TYPE_CHECKING:
     from netcomp.data import Dataset, Split
+
+apply_torch_flags()  # NNPACK off under the CPU pin, for every training and evaluation (netcomp/cpu_numerics.py)
 
 #: Loss names accepted by :class:`TrainConfig` (see :func:`distill_loss`).
 LOSSES = ("mse", "kd", "ce", "ce+mse")
