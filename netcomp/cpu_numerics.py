@@ -1,4 +1,4 @@
-"""One instruction set for every CPU training, so a seeded result is the same float on any x86-64 CPU with AVX2.
+"""One set of CPU kernels for every training, so a seeded result is the same float on any x86-64 CPU with AVX2.
 
 Torch picks its CPU kernels by what the CPU offers: ATen's vectorised kernels (AVX-512, AVX2 or plain),
 oneDNN's convolutions (its JIT emits the widest instruction set it finds), MKL's matrix products (one code
@@ -7,9 +7,11 @@ time, so the same seeded training on two CPUs of different instruction sets ends
 table built on one does not re-score to the bit on the other (the thread count, fixed per run, is the other
 cause: see :func:`netcomp.distill.torch_threads`).
 
-The pin puts every library on its AVX2 code, which every x86-64 server CPU since 2013 runs:
-``ATEN_CPU_CAPABILITY=avx2``, ``ONEDNN_MAX_CPU_ISA=AVX2``, ``MKL_CBWR=AVX2`` (MKL's conditional numerical
-reproducibility), and NNPACK off (it tiles by cache size; oneDNN serves the convolutions it would). The
+The pin puts ATen and oneDNN on their AVX2 code, which every x86-64 server CPU since 2013 runs
+(``ATEN_CPU_CAPABILITY=avx2``, ``ONEDNN_MAX_CPU_ISA=AVX2``), MKL on its ``COMPATIBLE`` branch of conditional
+numerical reproducibility (``MKL_CBWR=COMPATIBLE``: its ``AVX2`` branch was measured to give other matrix
+products on a CPU that says GenuineIntel than on one that says AuthenticAMD), and NNPACK off (it tiles by cache
+size; oneDNN serves the convolutions it would). The
 libraries read the variables once, at their first CPU kernel, so :func:`pin_cpu_numerics` runs when netcomp
 is imported, before the engine trains anything (worker processes inherit them); the trainer turns NNPACK
 off. On an AVX2 CPU the pin costs nothing (it is what torch picks there: one ResNet-20 `rank` training took
@@ -23,8 +25,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-#: The environment that pins torch's CPU kernel libraries to their AVX2 code.
-PIN = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
+#: The environment that pins torch's CPU kernels: ATen's and oneDNN's AVX2 code, MKL's vendor-neutral branch.
+PIN = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "COMPATIBLE"}
 #: Set to "native" to leave torch's kernel choice alone (fastest on AVX-512; not reproducible across CPUs).
 OPT_OUT = "NETCOMP_CPU_NUMERICS"
 #: Whether :func:`pin_cpu_numerics` pinned this process (it runs when netcomp is imported).
