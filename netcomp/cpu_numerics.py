@@ -11,11 +11,11 @@ The pin puts ATen and oneDNN on their AVX2 code, which every x86-64 server CPU s
 (``ATEN_CPU_CAPABILITY=avx2``, ``ONEDNN_MAX_CPU_ISA=AVX2``), MKL on its ``COMPATIBLE`` branch of conditional
 numerical reproducibility (``MKL_CBWR=COMPATIBLE``: its ``AVX2`` branch was measured to give other matrix
 products on a CPU that says GenuineIntel than on one that says AuthenticAMD), and NNPACK off (it tiles by cache
-size; oneDNN serves the convolutions it would). The
-libraries read the variables once, at their first CPU kernel, so :func:`pin_cpu_numerics` runs when netcomp
-is imported, before the engine trains anything (worker processes inherit them); the trainer turns NNPACK
-off. On an AVX2 CPU the pin costs nothing (it is what torch picks there: one ResNet-20 `rank` training took
-4.86 s pinned, 4.92 s not); on an AVX-512 CPU, training is slower by what the wider vectors gained. Set
+size; oneDNN serves the convolutions it would). The libraries read the variables once, at their first CPU
+kernel, so :func:`pin_cpu_numerics` runs when netcomp is imported, before the engine trains anything (worker
+processes inherit them); the trainer turns NNPACK off. On an AVX2 CPU the pin costs nothing measurable (one
+ResNet-20 `rank` training: 4.65 s with MKL's COMPATIBLE branch, 4.92 s unpinned; the convolutions run in
+oneDNN); on an AVX-512 CPU, training is slower by what the wider vectors gained. Set
 ``NETCOMP_CPU_NUMERICS=native`` before importing netcomp to leave torch's own choice.
 """
 
@@ -48,8 +48,8 @@ def cpu_has_avx2() -> bool:
 
 
 def pin_cpu_numerics() -> bool:
-    """Pin torch's CPU kernels to AVX2 in this process and its children (environment variables, read by the
-    libraries at their first kernel); False where it may not or cannot (opted out, or no AVX2). A variable
+    """Pin torch's CPU kernels (:data:`PIN`) in this process and its children: environment variables, read by
+    the libraries at their first kernel; False where it may not or cannot (opted out, or no AVX2). A variable
     the user set to something else is respected (and :func:`cpu_numerics` then says it is not the pin)."""
     global _REQUESTED
     _REQUESTED = os.environ.get(OPT_OUT, "").lower() != "native" and cpu_has_avx2()
@@ -80,12 +80,8 @@ def cpu_numerics() -> dict[str, Any]:
     return {**state, "pinned": _matches_pin(state)}
 
 
-def is_pinned() -> bool:
-    """Whether this process computes under the pin (False too when torch ran a CPU kernel before netcomp was
-    imported, fixing its capability first)."""
-    return cpu_numerics()["pinned"]
-
-
 def _matches_pin(state: dict[str, Any]) -> bool:
+    """Whether ``state`` is the pin (on an AVX-512 CPU it is not when torch ran a CPU kernel before netcomp was
+    imported, which fixed ATen's capability first; oneDNN's and MKL's choice cannot be read back)."""
     return (state["capability"] == "AVX2" and not state["nnpack"]
             and all(state[name.lower()] == value for name, value in PIN.items() if name != "ATEN_CPU_CAPABILITY"))
