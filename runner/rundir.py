@@ -877,10 +877,12 @@ def _student_meta(path: Path) -> dict | None:
 
 def table_optimum(agent: Any, config: dict) -> float | None:
     """On a tabular benchmark, the best reward of the whole table (the known optimum, for the regret), when the
-    run scores with the reward the table was built with (no other reward, no target); else None."""
+    run scores with the reward the table was built with (no other reward, no target) and the table is complete
+    (a partial table's best is not the optimum); else None."""
     table = getattr(agent.env.unwrapped, "table", None)
     if table is None or set(config["run"].get("env_kwargs") or {}) & {"reward", "target"} \
-            or "reward" in (table.header.get("env_kwargs") or {}):
+            or "reward" in (table.header.get("env_kwargs") or {}) \
+            or not (table.header.get("build") or {}).get("complete"):
         return None
     return table.stats()["best_reward"]
 

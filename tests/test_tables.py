@@ -358,3 +358,16 @@ def test_a_comparison_on_a_table_reports_regret_against_the_known_optimum(tiny_t
 
     assert best_students(out, {"agents": ["random"], "seeds": [0, 1]}) == [  # skipped, not "no valid student"
         "  random: valid students found, but none had the final training (a comparison on a table skips it)"]
+
+
+def test_a_partial_table_has_no_known_optimum_so_no_regret(tiny_table):
+    """The regret is measured against the table's optimum, which only a complete table knows."""
+    import types
+
+    from runner.rundir import table_optimum
+
+    table = read_table(tiny_table)
+    agent = types.SimpleNamespace(env=types.SimpleNamespace(unwrapped=types.SimpleNamespace(table=table)))
+    assert table_optimum(agent, {"run": {}}) == table.stats()["best_reward"]
+    table.header["build"]["complete"] = False
+    assert table_optimum(agent, {"run": {}}) is None
