@@ -70,7 +70,8 @@ def apply_torch_flags() -> None:
 
 def cpu_numerics() -> dict[str, Any]:
     """What the CPU kernels of this process compute with: torch's ATen capability, the oneDNN and MKL
-    settings, NNPACK, and whether that is the pin (a table records this; it re-scores only under the pin)."""
+    settings, NNPACK, and whether that is the pin (a table records this; it re-scores only under the pin).
+    Under the pin it first turns NNPACK off (:func:`apply_torch_flags`), so the report is what a training uses."""
     import torch
 
     apply_torch_flags()

@@ -37,6 +37,9 @@ print(json.dumps({"numerics": cpu_numerics(), "accuracy": repr(result.accuracy),
                   "weights": repr(weights)}))
 """
 
+#: Prints what a fresh process that imports netcomp computes with.
+REPORT = "import json, netcomp; from netcomp.cpu_numerics import cpu_numerics; print(json.dumps(cpu_numerics()))"
+
 
 def run_python(code: str, env: dict[str, str] | None = None, prefix: tuple[str, ...] = (),
                timeout: float = 120) -> dict:
@@ -60,16 +63,14 @@ def test_importing_netcomp_pins_the_cpu_kernels_of_this_process():
 
 @needs_avx2
 def test_a_fresh_process_is_pinned_and_the_opt_out_leaves_torch_alone():
-    code = "import json, netcomp; from netcomp.cpu_numerics import cpu_numerics; print(json.dumps(cpu_numerics()))"
-    assert run_python(code)["pinned"]
-    native = run_python(code, env={OPT_OUT: "native"})
+    assert run_python(REPORT)["pinned"]
+    native = run_python(REPORT, env={OPT_OUT: "native"})
     assert not native["pinned"] and native["onednn_max_cpu_isa"] is None and native["mkl_cbwr"] is None
 
 
 @needs_avx2
 def test_a_variable_the_user_set_is_respected_and_recorded_as_not_the_pin():
-    code = "import json, netcomp; from netcomp.cpu_numerics import cpu_numerics; print(json.dumps(cpu_numerics()))"
-    state = run_python(code, env={"ATEN_CPU_CAPABILITY": "default"})
+    state = run_python(REPORT, env={"ATEN_CPU_CAPABILITY": "default"})
     assert state["capability"] == "DEFAULT" and state["mkl_cbwr"] == "COMPATIBLE" and not state["pinned"]
 
 
