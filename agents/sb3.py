@@ -20,6 +20,7 @@ import torch
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger
 
 from agents.base import Agent
 
@@ -79,7 +80,14 @@ class SB3Agent(Agent):
         # SB3 counts environment steps; the budget counts evaluations, so learn until the callback stops it.
         if self.budget.exhausted:
             return
-        self.model.learn(total_timesteps=10**9, callback=_RolloutCheckpoints(self), reset_num_timesteps=False)
+        self._learn(10**9, _RolloutCheckpoints(self))
+
+    def _learn(self, total_timesteps: int, callback: BaseCallback) -> None:
+        """SB3's ``learn`` with a logger that writes nowhere. SB3's own logger (``verbose=0``) writes nothing
+        either, but makes an empty ``SB3-<date>`` folder in the system's temp directory at every call, which
+        each run would leave behind; the run directory's TensorBoard log is written by the harness."""
+        self.model.set_logger(Logger(folder=None, output_formats=[]))
+        self.model.learn(total_timesteps=total_timesteps, callback=callback, reset_num_timesteps=False)
 
 
     # ------------------------------------------------------------------ resume

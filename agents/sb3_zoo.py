@@ -178,7 +178,7 @@ class AnySB3Agent(SB3Agent):
         left = self.horizon - self.model.num_timesteps
         if self.budget.exhausted or left <= 0:
             return
-        self.model.learn(total_timesteps=left, callback=_EpisodeCheckpoints(self), reset_num_timesteps=False)
+        self._learn(left, _EpisodeCheckpoints(self))
 
     def _weights(self) -> dict[str, Any]:
         """Every tensor SB3 itself saves (networks, optimisers, SAC's entropy coefficient), the off-policy

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,8 +25,10 @@ run = cli
 
 
 @pytest.mark.parametrize("agent", ["random", "ppo", "a2c"])
-def test_agents_run_end_to_end_and_fill_the_run_directory(agent, tiny_config, tmp_path):
-    out = tmp_path / agent
+def test_agents_run_end_to_end_and_fill_the_run_directory(agent, tiny_config, tmp_path, monkeypatch):
+    out, system_temp = tmp_path / agent, tmp_path / "system-temp"
+    system_temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_temp))
     assert run("--env", "removal-resnet20-synthetic", "--agent", agent, "--budget", 4, "--config", tiny_config,
                "--out", out) == 0
     records = read_records(out / "evaluations.jsonl")
@@ -41,6 +44,9 @@ def test_agents_run_end_to_end_and_fill_the_run_directory(agent, tiny_config, tm
         model, _, meta = load_student(out / "best_student.pt")
         out_shape = model(torch.randn(2, 3, TINY["image_size"], TINY["image_size"])).shape
         assert out_shape == (2, 10) and meta["params"] == sum(p.numel() for p in model.parameters())
+    # no folder per run left in the system's temp directory (SB3's logger made one at each learn(); torch's
+    # inductor cache, made once per user and reused, is not a run's)
+    assert not list(system_temp.glob("SB3-*"))
 
 
 @pytest.mark.parametrize("agent", ["random", "ppo"])
