@@ -887,6 +887,20 @@ def table_optimum(agent: Any, config: dict) -> float | None:
     return table.stats()["best_reward"]
 
 
+def run_provenance(agent: Any, config: dict) -> dict[str, Any]:
+    """Where and with what the run computed: torch, device, thread count, the CPU numerics in force, the CPU
+    and the commit (a table's provenance, netcomp.tables, plus the CPU and commit). A run's scores reproduce to
+    the bit only where these agree, so a run says which it had."""
+    import torch
+
+    from netcomp.tables import cpu_identity, git_commit, provenance
+
+    device = str(getattr(agent.env.unwrapped.evaluator, "device", "cpu"))
+    threads = config["run"].get("threads") or torch.get_num_threads()
+    return {**provenance("cpu" if device == "cpu" else device, threads), "cpu": cpu_identity(),
+            "commit": git_commit()}
+
+
 def export_best(agent: Any, run_dir: Path) -> dict | None:
     """``best_student.onnx`` and ``best_student.pt2`` of the run's kept student (netcomp.export), checked on
     real validation images; an export that fails is reported (``error``) and never loses the run. None when
@@ -978,6 +992,7 @@ def finish(config: dict, run_dir: Path, agent: Any, log: RunLog, resumed: bool, 
         "shared_final": shared, "exported": exported, "table_optimum": table_optimum(agent, config),
         "notes": {k: v for k, v in agent.notes.items() if k != "final"},
         "teacher": teacher,  # its test/validation accuracy, recipe, file and any weak-teacher warning
+        "provenance": run_provenance(agent, config),
     }
     write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1, default=str))
     print(f"\nBest students ({len(records)} evaluations, run directory {run_dir}):")

@@ -14,6 +14,7 @@ import torch
 import yaml
 
 import run_agent
+from netcomp.cpu_numerics import cpu_numerics
 from netcomp.surgery import load_student
 from runner.recorder import read_records
 from tests.conftest import TINY, cli
@@ -36,6 +37,8 @@ def test_agents_run_end_to_end_and_fill_the_run_directory(agent, tiny_config, tm
     assert {"action", "arch_key", "params", "macs", "accuracy", "reward", "valid", "eval_seconds"} <= set(records[0])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["evaluations"] == 4 and summary["best"]["reward"] == max(r["reward"] for r in records)
+    made_with = summary["provenance"]  # what the scores depend on
+    assert made_with["cpu_numerics"] == cpu_numerics() and made_with["torch"] == torch.__version__
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["run"]["budget"] == 4 and config["run"]["fidelity"] == "smoke" and config["agent"] == agent
     assert (out / "reward.png").exists() and (out / "accuracy_vs_params.png").exists()
