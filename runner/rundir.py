@@ -897,8 +897,7 @@ def run_provenance(agent: Any, config: dict) -> dict[str, Any]:
 
     device = str(getattr(agent.env.unwrapped.evaluator, "device", "cpu"))
     threads = config["run"].get("threads") or torch.get_num_threads()
-    return {**provenance("cpu" if device == "cpu" else device, threads), "cpu": cpu_identity(),
-            "commit": git_commit()}
+    return {**provenance(device, threads), "cpu": cpu_identity(), "commit": git_commit()}
 
 
 def export_best(agent: Any, run_dir: Path) -> dict | None:
